@@ -43,8 +43,14 @@ PTH_LINE = (
 # Wheel platform tags per Go target. CGO_ENABLED=0 gives a static ELF, so one
 # Linux binary serves glibc and musl. Go >= 1.25 needs macOS 12.
 PLATFORM_TAGS = {
-    ("linux", "amd64"): "manylinux_2_17_x86_64.manylinux2014_x86_64.musllinux_1_1_x86_64",
-    ("linux", "arm64"): "manylinux_2_17_aarch64.manylinux2014_aarch64.musllinux_1_1_aarch64",
+    (
+        "linux",
+        "amd64",
+    ): "manylinux_2_17_x86_64.manylinux2014_x86_64.musllinux_1_1_x86_64",
+    (
+        "linux",
+        "arm64",
+    ): "manylinux_2_17_aarch64.manylinux2014_aarch64.musllinux_1_1_aarch64",
     ("darwin", "amd64"): "macosx_12_0_x86_64",
     ("darwin", "arm64"): "macosx_12_0_arm64",
     ("windows", "amd64"): "win_amd64",
@@ -89,7 +95,8 @@ def warn_no_go() -> None:
         "weave-sidecar: no Go toolchain found (set WEAVE_SIDECAR_GO or put `go` on\n"
         "PATH). Building a pure-Python wheel WITHOUT the sidecar binary: at run time\n"
         "traces go straight to the trace server over HTTP, as without this package.\n"
-        + "!" * 72 + "\n"
+        + "!" * 72
+        + "\n"
     )
     if require_binary():
         raise SystemExit(message + "WEAVE_SIDECAR_REQUIRE_BINARY is set: failing.")
@@ -107,6 +114,9 @@ class BuildPyWithSidecar(build_py):
     def run(self) -> None:
         super().run()
         self._write_pth()
+        # A binary left in build/ by an earlier build must not ride along in a
+        # wheel built for another target, or in a pure wheel.
+        shutil.rmtree(Path(self.build_lib, "weave_sidecar", "bin"), ignore_errors=True)
         go = find_go()
         if go is None:
             warn_no_go()
@@ -124,7 +134,7 @@ class BuildPyWithSidecar(build_py):
         if self.editable_mode:
             out_dir = ROOT / "python" / "weave_sidecar" / "bin"
         else:
-            out_dir = Path(self.build_lib) / "weave_sidecar" / "bin"
+            out_dir = Path(self.build_lib).resolve() / "weave_sidecar" / "bin"
         out_dir.mkdir(parents=True, exist_ok=True)
         out = out_dir / name
         env = dict(
