@@ -1,3 +1,10 @@
 module github.com/weave-sidecar/weave-sidecar/go
 
 go 1.25.0
+
+require (
+	github.com/bgentry/go-netrc v0.0.0-20140422174119-9fd32a8b3d3d
+	github.com/stretchr/testify v1.12.1
+)
+
+require go.yaml.in/yaml/v3 v3.0.5 // indirect
