@@ -24,11 +24,11 @@ type Item struct {
 type DropReason string
 
 const (
-	DropRejected         DropReason = "rejected"             // 400/422 or other final 4xx for this item
-	DropTooLarge         DropReason = "too_large"            // 413 on a batch of one
-	DropUnauthorized     DropReason = "unauthorized"         // 401/403
-	DropCallsComplete    DropReason = "calls_complete_mode"  // project requires calls-complete mode
-	DropShutdown         DropReason = "shutdown"             // shutdown deadline passed before delivery
+	DropRejected      DropReason = "rejected"            // 400/422 or other final 4xx for this item
+	DropTooLarge      DropReason = "too_large"           // 413 on a batch of one
+	DropUnauthorized  DropReason = "unauthorized"        // 401/403
+	DropCallsComplete DropReason = "calls_complete_mode" // project requires calls-complete mode
+	DropShutdown      DropReason = "shutdown"            // shutdown deadline passed before delivery
 )
 
 // Drop records one item the sidecar gave up on.
