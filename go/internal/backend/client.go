@@ -53,10 +53,10 @@ type Client struct {
 	log      *slog.Logger
 	hc       *http.Client
 
-	mu             sync.Mutex // guards the fields below
-	failing        bool       // an outage streak is under way
-	failSince      time.Time
-	failures       int
+	mu            sync.Mutex // guards the fields below
+	failing       bool       // an outage streak is under way
+	failSince     time.Time
+	failures      int
 	unauthorized  bool            // the last answer was 401/403
 	callsComplete map[string]bool // projects the server said need calls-complete mode
 }
