@@ -4,7 +4,8 @@ Fixtures
 --------
 ``_clean_env`` (autouse)
     Removes every ``WEAVE_*``, ``WANDB_*``, ``WF_*`` (so ``WEAVE_SIDECAR_*`` too)
-    variable for the test and restores them after.
+    variable for the test and restores them after; sets
+    ``WANDB_ERROR_REPORTING=false``.
 
 ``trace_server`` -> ``weave_sidecar.testing.TraceServer``
     A started local trace server on 127.0.0.1 (in memory), stopped after the
@@ -44,7 +45,7 @@ import sys
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 import pytest
 
@@ -65,6 +66,9 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
         if name.startswith(_SCRUBBED_PREFIXES):
             monkeypatch.delenv(name)
+    # weave, once imported here (the trace server validates with it), must not
+    # report to Sentry.
+    monkeypatch.setenv("WANDB_ERROR_REPORTING", "false")
 
 
 @pytest.fixture
@@ -122,7 +126,7 @@ def run_python(
 
     def run(
         code: str,
-        env: Optional[dict[str, str]] = None,
+        env: dict[str, str] | None = None,
         timeout: float = 120,
         check: bool = True,
         args: tuple[str, ...] = (),

@@ -12,12 +12,11 @@ import os
 import signal
 import sys
 import threading
-from typing import Optional
 
 from ._server import TraceServer
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m weave_sidecar.testing",
         description="Serve a local Weave trace server on 127.0.0.1.",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import urllib.error
 import urllib.request
-from typing import Any, Optional
+from typing import Any
 
 
 class ControlClient:
@@ -15,7 +15,7 @@ class ControlClient:
         self.url = url.rstrip("/")
         self.timeout = timeout
 
-    def _call(self, path: str, body: Optional[dict[str, Any]] = None) -> Any:
+    def _call(self, path: str, body: dict[str, Any] | None = None) -> Any:
         data = None if body is None else json.dumps(body).encode()
         req = urllib.request.Request(
             self.url + path,
@@ -34,7 +34,7 @@ class ControlClient:
     def health(self) -> bool:
         return bool(self._call("/_test/health").get("ok"))
 
-    def calls(self, project_id: Optional[str] = None) -> list[dict[str, Any]]:
+    def calls(self, project_id: str | None = None) -> list[dict[str, Any]]:
         query = "" if project_id is None else "?project_id=" + project_id
         result: list[dict[str, Any]] = self._call("/_test/calls" + query)["calls"]
         return result
@@ -57,7 +57,7 @@ class ControlClient:
         result: dict[str, int] = self._call("/_test/request_counts")["counts"]
         return result
 
-    def requests(self, path: Optional[str] = None) -> list[dict[str, Any]]:
+    def requests(self, path: str | None = None) -> list[dict[str, Any]]:
         query = "" if path is None else "?path=" + path
         result: list[dict[str, Any]] = self._call("/_test/requests" + query)["requests"]
         return result

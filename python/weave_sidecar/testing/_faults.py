@@ -11,7 +11,7 @@ import collections
 import dataclasses
 import threading
 import time
-from typing import Any, Optional
+from typing import Any
 
 
 @dataclasses.dataclass(frozen=True)
@@ -22,8 +22,8 @@ class Response:
     """
 
     status: int
-    retry_after: Optional[str] = None
-    body: Optional[dict[str, Any]] = None
+    retry_after: str | None = None
+    body: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -45,8 +45,8 @@ class Response:
 @dataclasses.dataclass
 class _Hang:
     path: str
-    remaining: Optional[int]  # None: every request on the path
-    then: Optional[int]  # None: serve normally once released
+    remaining: int | None  # None: every request on the path
+    then: int | None  # None: serve normally once released
     released: threading.Event = dataclasses.field(default_factory=threading.Event)
     held: int = 0
 
@@ -61,11 +61,11 @@ class Faults:
         # Guarded by _lock:
         self._latency_ms = latency_ms
         self._scripts: dict[str, collections.deque[Response]] = {}
-        self._outage_until: Optional[float] = None
+        self._outage_until: float | None = None
         self._outage = Response(503)
         self._hangs: list[_Hang] = []
         self._reject_ids: set[str] = set()
-        self._max_body_bytes: Optional[int] = None
+        self._max_body_bytes: int | None = None
         self._complete_projects: set[str] = set()
 
     # Setters -----------------------------------------------------------------
@@ -84,7 +84,9 @@ class Faults:
 
     def script(self, path: str, responses: list[Any]) -> None:
         """Answer the next requests on path with these (statuses or Responses)."""
-        parsed = [r if isinstance(r, Response) else Response.from_json(r) for r in responses]
+        parsed = [
+            r if isinstance(r, Response) else Response.from_json(r) for r in responses
+        ]
         with self._lock:
             self._scripts.setdefault(path, collections.deque()).extend(parsed)
 
@@ -93,17 +95,17 @@ class Faults:
         path: str,
         count: int,
         status: int = 503,
-        retry_after: Optional[str] = None,
-        body: Optional[dict[str, Any]] = None,
+        retry_after: str | None = None,
+        body: dict[str, Any] | None = None,
     ) -> None:
         """Answer the next count requests on path with status."""
         self.script(path, [Response(status, retry_after, body)] * count)
 
     def outage(
         self,
-        seconds: Optional[float] = None,
+        seconds: float | None = None,
         status: int = 503,
-        retry_after: Optional[str] = None,
+        retry_after: str | None = None,
     ) -> None:
         """Answer every request with status for seconds (None: until cleared)."""
         with self._lock:
@@ -117,7 +119,7 @@ class Faults:
             self._outage_until = None
 
     def hang(
-        self, path: str, count: Optional[int] = None, then: Optional[int] = None
+        self, path: str, count: int | None = None, then: int | None = None
     ) -> None:
         """Hold the next count requests on path (None: all) until release().
 
@@ -141,7 +143,7 @@ class Faults:
         with self._lock:
             self._reject_ids.update(ids)
 
-    def max_body_bytes(self, limit: Optional[int]) -> None:
+    def max_body_bytes(self, limit: int | None) -> None:
         """Answer 413 to any request whose body is larger (None: no limit)."""
         with self._lock:
             self._max_body_bytes = limit
@@ -206,7 +208,9 @@ class Faults:
             now = time.monotonic()
             return {
                 "latency_ms": self._latency_ms,
-                "script": {p: [r.to_json() for r in q] for p, q in self._scripts.items() if q},
+                "script": {
+                    p: [r.to_json() for r in q] for p, q in self._scripts.items() if q
+                },
                 "outage": self._outage_until is not None and now < self._outage_until,
                 "hangs": [
                     {"path": h.path, "remaining": h.remaining, "held": h.held}
@@ -219,7 +223,7 @@ class Faults:
 
     # Used by the server -------------------------------------------------------
 
-    def before(self, path: str, body_len: int) -> Optional[Response]:
+    def before(self, path: str, body_len: int) -> Response | None:
         """The fault answer for a request before it is handled, if any.
 
         Sleeps for the latency and waits out hangs on the calling thread.
@@ -263,10 +267,10 @@ class Faults:
             return scripted
         return None
 
-    def rejected_id(self, ids: list[str]) -> Optional[str]:
+    def rejected_id(self, ids: list[str]) -> str | None:
         with self._lock:
             return next((i for i in ids if i in self._reject_ids), None)
 
-    def needs_calls_complete(self, project_ids: list[str]) -> Optional[str]:
+    def needs_calls_complete(self, project_ids: list[str]) -> str | None:
         with self._lock:
             return next((p for p in project_ids if p in self._complete_projects), None)

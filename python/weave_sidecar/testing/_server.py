@@ -15,7 +15,7 @@ import threading
 import time
 import urllib.parse
 import uuid
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 from ._faults import Faults, Response
 from ._store import Store, digest_of
@@ -46,8 +46,8 @@ class _Reply:
         body: Any = None,
         status: int = 200,
         content_type: str = "application/json",
-        raw: Optional[bytes] = None,
-        headers: Optional[dict[str, str]] = None,
+        raw: bytes | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         self.status = status
         self.content_type = content_type
@@ -84,9 +84,9 @@ class TraceServer:
         host: str = "127.0.0.1",
         port: int = 0,
         latency_ms: float = 0,
-        db_path: Optional[str] = None,
+        db_path: str | None = None,
         *,
-        api_key: Optional[str] = None,
+        api_key: str | None = None,
         hang_timeout: float = 60.0,
     ) -> None:
         if not ipaddress.ip_address(host).is_loopback:
@@ -96,8 +96,8 @@ class TraceServer:
         self.username = TEST_USERNAME
         self._host, self._port = host, port
         self._api_key = api_key
-        self._httpd: Optional[http.server.ThreadingHTTPServer] = None
-        self._thread: Optional[threading.Thread] = None
+        self._httpd: http.server.ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         # Guarded by _lock:
         self._request_seq = 0
@@ -146,12 +146,12 @@ class TraceServer:
     def url(self) -> str:
         if self._httpd is None:
             raise RuntimeError("the trace server is not started")
-        host, port = self._httpd.server_address[:2]
-        return f"http://{host}:{port}"
+        port = self._httpd.server_address[1]
+        return f"http://{self._host}:{port}"
 
     # Inspection --------------------------------------------------------------
 
-    def calls(self, project_id: Optional[str] = None) -> list[dict[str, Any]]:
+    def calls(self, project_id: str | None = None) -> list[dict[str, Any]]:
         """Stored calls as merged ``CallSchema`` rows, in arrival order.
 
         Each row also has ``_has_start`` and ``_has_end``.
@@ -194,7 +194,7 @@ class TraceServer:
         with self._lock:
             return dict(self._counts)
 
-    def requests(self, path: Optional[str] = None) -> list[dict[str, Any]]:
+    def requests(self, path: str | None = None) -> list[dict[str, Any]]:
         """The request log (last 100 000): ``{seq, method, path, status,
         user_agent, bytes, calls, seconds}``."""
         with self._lock:
@@ -210,7 +210,9 @@ class TraceServer:
         calls = self.calls()
         return {
             "calls": len(calls),
-            "complete_calls": sum(1 for c in calls if c["_has_start"] and c["_has_end"]),
+            "complete_calls": sum(
+                1 for c in calls if c["_has_start"] and c["_has_end"]
+            ),
             "receipts": len(self.receipts()),
             "duplicates": self.duplicates(),
             "request_counts": self.request_counts(),
@@ -241,7 +243,7 @@ class TraceServer:
         with self._lock:
             self._log.append(entry)
 
-    def _check_auth(self, header: Optional[str]) -> None:
+    def _check_auth(self, header: str | None) -> None:
         if not header:
             raise _HTTPError(401, "missing credentials: use HTTP Basic auth")
         scheme, _, value = header.partition(" ")
@@ -311,12 +313,16 @@ class TraceServer:
 
     # Calls
 
-    def _guard_calls(self, items: list[tuple[str, dict[str, Any]]], legacy: bool) -> None:
+    def _guard_calls(
+        self, items: list[tuple[str, dict[str, Any]]], legacy: bool
+    ) -> None:
         rejected = self.faults.rejected_id([str(b.get("id")) for _, b in items])
         if rejected is not None:
             raise _HTTPError(400, f"call {rejected} is rejected by a test fault")
         if legacy:
-            project = self.faults.needs_calls_complete([b["project_id"] for _, b in items])
+            project = self.faults.needs_calls_complete(
+                [b["project_id"] for _, b in items]
+            )
             if project is not None:
                 raise _HTTPError(
                     400,
@@ -369,7 +375,9 @@ class TraceServer:
         if what == "call/end":
             return self._call_end(req, path, request)
         if not isinstance(req, dict) or not isinstance(req.get("batch"), list):
-            raise _HTTPError(400, "CallsUpsertCompleteReq.batch: field required (a list)")
+            raise _HTTPError(
+                400, "CallsUpsertCompleteReq.batch: field required (a list)"
+            )
         items = []
         for i, call in enumerate(req["batch"]):
             if not isinstance(call, dict):
@@ -452,7 +460,7 @@ class TraceServer:
         data: dict[str, Any]
         if op == "Project":
             entity, name = v.get("entityName"), v.get("name")
-            exists = self.store.project_exists(entity, name)
+            exists = self.store.project_exists(str(entity), str(name))
             data = {"project": {"name": name} if exists else None}
         elif op == "UpsertModel":
             self.store.create_project(v.get("entity") or self.username, v["name"])
@@ -473,9 +481,11 @@ class TraceServer:
 
     def _obj_create(self, req: Any) -> _Reply:
         obj = (req or {}).get("obj") if isinstance(req, dict) else None
-        if not isinstance(obj, dict) or not all(
-            isinstance(obj.get(k), str) for k in ("project_id", "object_id")
-        ) or "val" not in obj:
+        if (
+            not isinstance(obj, dict)
+            or not all(isinstance(obj.get(k), str) for k in ("project_id", "object_id"))
+            or "val" not in obj
+        ):
             raise _HTTPError(400, "obj.project_id, obj.object_id, obj.val: required")
         digest = obj.get("expected_digest") or digest_of(obj["val"])
         base = obj.get("builtin_object_class") or obj.get("set_base_object_class")
@@ -483,13 +493,19 @@ class TraceServer:
             bases = obj["val"].get("_bases") or []
             base = next((b for b in bases if b not in ("BaseModel", "Object")), None)
             base = obj["val"].get("_class_name") if base is None and bases else base
-        self.store.put_object(obj["project_id"], obj["object_id"], obj["val"], digest, base)
+        self.store.put_object(
+            obj["project_id"], obj["object_id"], obj["val"], digest, base
+        )
         return _Reply({"digest": digest, "object_id": obj["object_id"]})
 
     def _obj_read(self, req: Any) -> _Reply:
-        found = self.store.get_object(req["project_id"], req["object_id"], req["digest"])
+        found = self.store.get_object(
+            req["project_id"], req["object_id"], req["digest"]
+        )
         if found is None:
-            raise _HTTPError(404, f"object {req['object_id']}:{req['digest']} not found")
+            raise _HTTPError(
+                404, f"object {req['object_id']}:{req['digest']} not found"
+            )
         return _Reply({"obj": found})
 
     def _objs_query(self, req: Any) -> _Reply:
@@ -500,7 +516,9 @@ class TraceServer:
         if f.get("latest_only"):
             objs = [o for o in objs if o["is_latest"]]
         if f.get("base_object_classes") is not None:
-            objs = [o for o in objs if o["base_object_class"] in f["base_object_classes"]]
+            objs = [
+                o for o in objs if o["base_object_class"] in f["base_object_classes"]
+            ]
         return _Reply({"objs": objs})
 
     def _table_create(self, req: Any) -> _Reply:
@@ -528,10 +546,14 @@ class TraceServer:
             rows = [r for r in rows if r["digest"] in wanted]
         offset = req.get("offset") or 0
         limit = req.get("limit")
-        return _Reply({"rows": rows[offset : None if limit is None else offset + limit]})
+        return _Reply(
+            {"rows": rows[offset : None if limit is None else offset + limit]}
+        )
 
     def _table_query_stats(self, req: Any) -> _Reply:
-        return _Reply({"count": len(self._table_rows(req["project_id"], req["digest"]))})
+        return _Reply(
+            {"count": len(self._table_rows(req["project_id"], req["digest"]))}
+        )
 
     def _table_query_stats_batch(self, req: Any) -> _Reply:
         tables = [
@@ -638,7 +660,7 @@ class TraceServer:
         raise _HTTPError(404, f"no control endpoint {method} {path}")
 
 
-def _op_matches(op_name: Optional[str], pattern: str) -> bool:
+def _op_matches(op_name: str | None, pattern: str) -> bool:
     if op_name is None:
         return False
     if pattern.endswith(":*"):
@@ -662,16 +684,17 @@ def _json_body(body: bytes) -> Any:
         raise _HTTPError(400, f"the body is not valid JSON: {exc}") from None
 
 
-def _multipart(content_type: str, body: bytes) -> dict[str, Optional[bytes]]:
+def _multipart(content_type: str, body: bytes) -> dict[str, bytes | None]:
     if not content_type.startswith("multipart/form-data"):
         raise _HTTPError(400, "expected a multipart/form-data body")
     head = f"Content-Type: {content_type}\r\n\r\n".encode()
     msg = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(head + body)
-    fields: dict[str, Optional[bytes]] = {}
-    for part in msg.iter_parts():  # type: ignore[attr-defined]
+    fields: dict[str, bytes | None] = {}
+    for part in msg.iter_parts():  # type: ignore[attr-defined,unused-ignore]
         name = part.get_param("name", header="content-disposition")
         if name:
-            fields[str(name)] = part.get_payload(decode=True)
+            payload = part.get_payload(decode=True)
+            fields[str(name)] = payload if isinstance(payload, bytes) else None
     return fields
 
 
@@ -697,7 +720,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def _read_body(self) -> bytes:
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            chunks = []
+            chunks: list[bytes] = []
             while True:
                 size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
                 if size == 0:
@@ -732,39 +755,38 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return
 
         request = app._begin(path)
-        status, calls, length = 500, 0, 0
+        calls, length = 0, 0
         try:
-            try:
-                body = self._read_body()
-                length = len(body)
-                app._check_auth(self.headers.get("Authorization"))
-                fault = app.faults.before(path, length)
-                if fault is not None:
-                    reply = _fault_reply(fault)
-                else:
-                    reply, calls = app._route(
-                        self.command, path, self.headers, body, request
-                    )
-            except _HTTPError as exc:
-                reply = _Reply(exc.body, exc.status)
-            except Exception as exc:
-                logger.exception("trace server: %s %s failed", self.command, path)
-                reply = _Reply({"reason": f"internal error: {exc}"}, 500)
-            status = reply.status
+            body = self._read_body()
+            length = len(body)
+            app._check_auth(self.headers.get("Authorization"))
+            fault = app.faults.before(path, length)
+            if fault is not None:
+                reply = _fault_reply(fault)
+            else:
+                reply, calls = app._route(
+                    self.command, path, self.headers, body, request
+                )
+        except _HTTPError as exc:
+            reply = _Reply(exc.body, exc.status)
+        except Exception as exc:
+            logger.exception("trace server: %s %s failed", self.command, path)
+            reply = _Reply({"reason": f"internal error: {exc}"}, 500)
+        # Recorded before answering, so a client that has its answer sees it.
+        app._record({
+            "seq": request,
+            "method": self.command,
+            "path": path,
+            "status": reply.status,
+            "user_agent": self.headers.get("User-Agent", ""),
+            "bytes": length,
+            "calls": calls if reply.status < 300 else 0,
+            "seconds": round(time.monotonic() - started, 6),
+        })  # fmt: skip
+        try:
             self._send(reply)
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
-        finally:
-            app._record({
-                "seq": request,
-                "method": self.command,
-                "path": path,
-                "status": status,
-                "user_agent": self.headers.get("User-Agent", ""),
-                "bytes": length,
-                "calls": calls if status < 300 else 0,
-                "seconds": round(time.monotonic() - started, 6),
-            })  # fmt: skip
 
 
 def _fault_reply(fault: Response) -> _Reply:

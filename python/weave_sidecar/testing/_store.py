@@ -12,7 +12,7 @@ import json
 import sqlite3
 import threading
 from collections.abc import Iterable
-from typing import Any, Optional
+from typing import Any
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS calls (
@@ -75,7 +75,7 @@ def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat()
 
 
-def _parse_time(value: Any) -> Optional[datetime.datetime]:
+def _parse_time(value: Any) -> datetime.datetime | None:
     if not isinstance(value, str):
         return None
     try:
@@ -85,7 +85,9 @@ def _parse_time(value: Any) -> Optional[datetime.datetime]:
         return None
 
 
-def merge_call(start: Optional[dict[str, Any]], end: Optional[dict[str, Any]]) -> dict[str, Any]:
+def merge_call(
+    start: dict[str, Any] | None, end: dict[str, Any] | None
+) -> dict[str, Any]:
     """Build a ``CallSchema`` row from a call's start and end."""
     s = start or {}
     e = end or {}
@@ -132,7 +134,7 @@ def merge_call(start: Optional[dict[str, Any]], end: Optional[dict[str, Any]]) -
 class Store:
     """Thread-safe SQLite storage; path None keeps everything in memory."""
 
-    def __init__(self, path: Optional[str] = None) -> None:
+    def __init__(self, path: str | None = None) -> None:
         self._lock = threading.Lock()
         self._db = sqlite3.connect(path or ":memory:", check_same_thread=False)
         with self._lock:
@@ -166,13 +168,15 @@ class Store:
                 project_id, call_id = body["project_id"], body["id"]
                 self._seq += 1
                 self._db.execute(
-                    "INSERT OR IGNORE INTO calls (project_id, id, seq) VALUES (?, ?, ?)",
+                    "INSERT OR IGNORE INTO calls (project_id, id, seq)"
+                    " VALUES (?, ?, ?)",
                     (project_id, call_id, self._seq),
                 )
                 text = _canonical(body)
                 if mode in ("start", "complete"):
                     self._db.execute(
-                        "UPDATE calls SET start_json = ? WHERE project_id = ? AND id = ?",
+                        "UPDATE calls SET start_json = ?"
+                        " WHERE project_id = ? AND id = ?",
                         (text, project_id, call_id),
                     )
                 if mode in ("end", "complete"):
@@ -186,7 +190,7 @@ class Store:
                     (project_id, call_id, mode, path, request),
                 )
 
-    def calls(self, project_id: Optional[str] = None) -> list[dict[str, Any]]:
+    def calls(self, project_id: str | None = None) -> list[dict[str, Any]]:
         """Merged rows in arrival order; "_has_start"/"_has_end" say what came."""
         query = "SELECT start_json, end_json FROM calls"
         args: tuple[Any, ...] = ()
@@ -236,11 +240,12 @@ class Store:
         object_id: str,
         val: Any,
         digest: str,
-        base_object_class: Optional[str],
+        base_object_class: str | None,
     ) -> None:
         with self._lock, self._db:
             exists = self._db.execute(
-                "SELECT 1 FROM objects WHERE project_id = ? AND object_id = ? AND digest = ?",
+                "SELECT 1 FROM objects"
+                " WHERE project_id = ? AND object_id = ? AND digest = ?",
                 (project_id, object_id, digest),
             ).fetchone()
             if exists:
@@ -257,7 +262,7 @@ class Store:
 
     def get_object(
         self, project_id: str, object_id: str, digest: str
-    ) -> Optional[dict[str, Any]]:
+    ) -> dict[str, Any] | None:
         """An ``ObjSchema`` dict; digest "latest" picks the newest version."""
         query = (
             "SELECT digest, version_index, base_object_class, created_at, val_json,"
@@ -277,7 +282,11 @@ class Store:
             return None
         digest, version, base_class, created_at, val_json, latest = row
         val = json.loads(val_json)
-        kind = "op" if isinstance(val, dict) and val.get("_class_name") == "Op" else "object"
+        kind = (
+            "op"
+            if isinstance(val, dict) and val.get("_class_name") == "Op"
+            else "object"
+        )
         return {
             "project_id": project_id,
             "object_id": object_id,
@@ -306,10 +315,11 @@ class Store:
     def put_file(self, project_id: str, digest: str, content: bytes) -> None:
         with self._lock, self._db:
             self._db.execute(
-                "INSERT OR IGNORE INTO files VALUES (?, ?, ?)", (project_id, digest, content)
+                "INSERT OR IGNORE INTO files VALUES (?, ?, ?)",
+                (project_id, digest, content),
             )
 
-    def get_file(self, project_id: str, digest: str) -> Optional[bytes]:
+    def get_file(self, project_id: str, digest: str) -> bytes | None:
         with self._lock:
             row = self._db.execute(
                 "SELECT content FROM files WHERE project_id = ? AND digest = ?",
@@ -317,14 +327,16 @@ class Store:
             ).fetchone()
         return None if row is None else bytes(row[0])
 
-    def put_table(self, project_id: str, digest: str, rows: list[dict[str, Any]]) -> None:
+    def put_table(
+        self, project_id: str, digest: str, rows: list[dict[str, Any]]
+    ) -> None:
         with self._lock, self._db:
             self._db.execute(
                 "INSERT OR IGNORE INTO tables_ VALUES (?, ?, ?)",
                 (project_id, digest, _canonical(rows)),
             )
 
-    def get_table(self, project_id: str, digest: str) -> Optional[list[dict[str, Any]]]:
+    def get_table(self, project_id: str, digest: str) -> list[dict[str, Any]] | None:
         """Rows as ``{"digest", "val", "original_index"}``."""
         with self._lock:
             row = self._db.execute(

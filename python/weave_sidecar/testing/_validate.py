@@ -13,17 +13,18 @@ plain check of the required fields stands in.
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Mapping
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
-_START_REQUIRED = {
+_START_REQUIRED: dict[str, type] = {
     "project_id": str,
     "op_name": str,
     "started_at": str,
     "attributes": dict,
     "inputs": dict,
 }
-_END_REQUIRED = {
+_END_REQUIRED: dict[str, type] = {
     "project_id": str,
     "id": str,
     "ended_at": str,
@@ -38,9 +39,11 @@ class InvalidRequest(ValueError):
 _Validator = Callable[[Mapping[str, Any]], None]
 
 
-@functools.lru_cache(maxsize=None)
-def _sdk_validators() -> Optional[tuple[_Validator, _Validator]]:
+@functools.cache
+def _sdk_validators() -> tuple[_Validator, _Validator] | None:
     """The SDK's (start, end) request validators, or None without weave."""
+    # Importing weave arms its Sentry reporting; a test server must not report.
+    os.environ.setdefault("WANDB_ERROR_REPORTING", "false")
     try:
         from weave.trace.call_request_validation import (
             validate_call_end,
@@ -51,7 +54,7 @@ def _sdk_validators() -> Optional[tuple[_Validator, _Validator]]:
     except ImportError:
         pass
     try:  # weave < 0.54: the server's own strict pydantic models.
-        from weave.trace_server.trace_server_interface import (
+        from weave.trace_server.trace_server_interface import (  # type: ignore[import-not-found,unused-ignore]
             CallEndReq,
             CallStartReq,
         )
@@ -84,9 +87,7 @@ def _envelope(obj: Any, key: str, where: str) -> dict[str, Any]:
     return inner
 
 
-def _plain_check(
-    inner: dict[str, Any], required: dict[str, type], where: str
-) -> None:
+def _plain_check(inner: dict[str, Any], required: dict[str, type], where: str) -> None:
     for name, kind in required.items():
         if name not in inner:
             raise InvalidRequest(f"{where}.{name}: field required")
@@ -152,5 +153,7 @@ def check_batch(body: Any) -> list[tuple[str, dict[str, Any]]]:
         elif mode == "end":
             items.append((mode, check_end(item.get("req"), f"{where}.req")))
         else:
-            raise InvalidRequest(f"{where}.mode: expected 'start' or 'end', got {mode!r}")
+            raise InvalidRequest(
+                f"{where}.mode: expected 'start' or 'end', got {mode!r}"
+            )
     return items
