@@ -1,0 +1,158 @@
+package protocol
+
+import (
+	"bytes"
+	"encoding/json"
+	"strings"
+	"testing"
+	"unicode/utf8"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+func TestDecodeAccepts(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		line      string
+		method    Method
+		id        string
+		callID    string
+		projectID string
+		payload   string
+	}{
+		{"call start", `{"id":7,"method":"call_start","payload":{"start":{"id":"c1","project_id":"e/p"}}}`,
+			MethodCallStart, "7", "c1", "e/p", `{"start":{"id":"c1","project_id":"e/p"}}`},
+		{"call end with string id", `{"method":"call_end","id":"a b","payload":{"end":{"project_id":"e/p","id":"c2","x":[1,2.5e-3,{"y":null}]}}}`,
+			MethodCallEnd, `"a b"`, "c2", "e/p", `{"end":{"project_id":"e/p","id":"c2","x":[1,2.5e-3,{"y":null}]}}`},
+		{"whitespace and CR", " {\t\"method\" : \"call_start\" , \"payload\" : {\"start\":{\"id\":\"c\",\"project_id\":\"p\"} } }\r",
+			MethodCallStart, "", "c", "p", `{"start":{"id":"c","project_id":"p"} }`},
+		{"escaped keys and values", `{"method":"call_start","payload":{"st\u0061rt":{"\u0069d":"c\u00e9","project_id":"e\/p"}}}`,
+			MethodCallStart, "", "cé", "e/p", `{"st\u0061rt":{"\u0069d":"c\u00e9","project_id":"e\/p"}}`},
+		{"escaped method", `{"method":"call\u005fstart","payload":{"start":{"id":"c","project_id":"p"}}}`,
+			MethodCallStart, "", "c", "p", `{"start":{"id":"c","project_id":"p"}}`},
+		{"big ints and lone surrogate kept", `{"method":"call_start","payload":{"start":{"id":"c","project_id":"p","n":123456789012345678901234567890,"s":"\ud800<&>","t":"2025-01-02T03:04:05"}}}`,
+			MethodCallStart, "", "c", "p", `{"start":{"id":"c","project_id":"p","n":123456789012345678901234567890,"s":"\ud800<&>","t":"2025-01-02T03:04:05"}}`},
+		{"hello", `{"method":"hello","payload":{"protocol":1}}`, MethodHello, "", "", "", `{"protocol":1}`},
+		{"hello without payload", `{"method":"hello"}`, MethodHello, "", "", "", ""},
+		{"flush ignores payload", `{"id":-1.5e3,"method":"flush","payload":[1]}`, MethodFlush, "-1.5e3", "", "", "[1]"},
+		{"stats", `{"method":"stats","extra":{"a":[true,false,null]}}`, MethodStats, "", "", "", ""},
+		{"other payload keys ignored", `{"method":"call_end","payload":{"start":5,"end":{"id":"c","project_id":"p"}}}`,
+			MethodCallEnd, "", "c", "p", `{"start":5,"end":{"id":"c","project_id":"p"}}`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var req Request
+			err := Decode([]byte(tc.line), &req)
+			require.Nil(t, err)
+			assert.Equal(t, tc.method, req.Method)
+			assert.Equal(t, tc.id, string(req.ID))
+			assert.Equal(t, tc.callID, req.CallID)
+			assert.Equal(t, tc.projectID, req.ProjectID)
+			assert.Equal(t, tc.payload, string(req.Payload))
+		})
+	}
+}
+
+func TestDecodeRefuses(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		line   string
+		code   Code
+		msg    string // a substring of the message
+		echoID string
+	}{
+		{"empty", ``, CodeInvalidRequest, "empty line", ""},
+		{"blank", "  \r", CodeInvalidRequest, "empty line", ""},
+		{"not utf8", "{\"method\":\"stats\",\"x\":\"\xff\"}", CodeInvalidRequest, "UTF-8", ""},
+		{"not json", `hello`, CodeInvalidRequest, "invalid JSON", ""},
+		{"array", `[1]`, CodeInvalidRequest, "object", ""},
+		{"trailing data", `{"method":"stats"} x`, CodeInvalidRequest, "after the request", ""},
+		{"two objects", `{"method":"stats"}{"method":"stats"}`, CodeInvalidRequest, "after the request", ""},
+		{"NaN", `{"id":1,"method":"call_start","payload":{"start":{"id":"c","project_id":"p","x":NaN}}}`, CodeInvalidRequest, "invalid JSON", ""},
+		{"Infinity", `{"method":"call_start","payload":{"start":{"id":"c","project_id":"p","x":-Infinity}}}`, CodeInvalidRequest, "invalid JSON", ""},
+		{"leading zero", `{"method":"stats","x":01}`, CodeInvalidRequest, "invalid JSON", ""},
+		{"trailing comma", `{"method":"stats",}`, CodeInvalidRequest, "invalid JSON", ""},
+		{"single quotes", `{'method':'stats'}`, CodeInvalidRequest, "invalid JSON", ""},
+		{"raw control char", "{\"method\":\"st\tats\"}", CodeInvalidRequest, "control character", ""},
+		{"bad escape", `{"method":"stats","x":"\x"}`, CodeInvalidRequest, "invalid escape", ""},
+		{"truncated", `{"method":"call_start","payload":{"start":{"id":"c"`, CodeInvalidRequest, "invalid JSON", ""},
+		{"missing method", `{"id":3}`, CodeInvalidRequest, "missing method", "3"},
+		{"method not string", `{"id":3,"method":1}`, CodeInvalidRequest, "method must be a string", "3"},
+		{"unknown method", `{"id":"x","method":"call_update"}`, CodeUnknownMethod, `"call_update"`, `"x"`},
+		{"id object", `{"id":{},"method":"stats"}`, CodeInvalidRequest, "id must be", "{}"},
+		{"missing payload", `{"method":"call_start"}`, CodeInvalidRequest, "missing payload", ""},
+		{"payload not object", `{"method":"call_start","payload":"x"}`, CodeInvalidRequest, "payload must be an object", ""},
+		{"start missing", `{"method":"call_start","payload":{"end":{"id":"c","project_id":"p"}}}`, CodeInvalidRequest, "payload.start must be an object", ""},
+		{"start not object", `{"method":"call_start","payload":{"start":[]}}`, CodeInvalidRequest, "payload.start must be an object", ""},
+		{"id missing", `{"method":"call_start","payload":{"start":{"project_id":"p"}}}`, CodeInvalidRequest, "payload.start.id is missing", ""},
+		{"id empty", `{"method":"call_end","payload":{"end":{"id":"","project_id":"p"}}}`, CodeInvalidRequest, "payload.end.id must not be empty", ""},
+		{"id number", `{"method":"call_end","payload":{"end":{"id":5,"project_id":"p"}}}`, CodeInvalidRequest, "payload.end.id must be a string", ""},
+		{"project null", `{"method":"call_start","payload":{"start":{"id":"c","project_id":null}}}`, CodeInvalidRequest, "project_id must be a string", ""},
+		{"project missing", `{"method":"call_start","payload":{"start":{"id":"c"}}}`, CodeInvalidRequest, "project_id is missing", ""},
+		{"hello payload string", `{"method":"hello","payload":"v1"}`, CodeInvalidRequest, "hello payload", ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var req Request
+			err := Decode([]byte(tc.line), &req)
+			require.NotNil(t, err)
+			assert.Equal(t, tc.code, err.Code)
+			assert.Contains(t, err.Msg, tc.msg)
+			assert.Equal(t, tc.echoID, string(req.ID))
+		})
+	}
+}
+
+func TestDecodeDepthLimit(t *testing.T) {
+	deep := strings.Repeat("[", maxDepth+5) + strings.Repeat("]", maxDepth+5)
+	var req Request
+	err := Decode([]byte(`{"method":"stats","x":`+deep+`}`), &req)
+	require.NotNil(t, err)
+	assert.Contains(t, err.Msg, "nesting too deep")
+}
+
+// FuzzDecode checks the hand-written decoder against encoding/json: it must
+// accept exactly the lines that are valid UTF-8 JSON objects, and the fields
+// it extracts must match what encoding/json finds.
+func FuzzDecode(f *testing.F) {
+	f.Add([]byte(`{"id":7,"method":"call_start","payload":{"start":{"id":"c1","project_id":"e/p"}}}`))
+	f.Add([]byte(`{"method":"call_end","payload":{"end":{"id":"c\u00e9","project_id":"p","x":[1e5,-0.5,true]}}}`))
+	f.Add([]byte(`{"method":"hello","payload":{"protocol":1}}`))
+	f.Add([]byte(`{"method":"flush"}`))
+	f.Add([]byte(`{"method":"stats","x":NaN}`))
+	f.Fuzz(func(t *testing.T, line []byte) {
+		var req Request
+		derr := Decode(line, &req)
+
+		valid := utf8.Valid(line) && json.Valid(line) && len(bytes.TrimSpace(line)) > 0
+		if !valid || bytes.TrimSpace(line)[0] != '{' {
+			require.NotNil(t, derr, "accepted %q", line)
+			return
+		}
+		if derr != nil && strings.HasPrefix(derr.Msg, "invalid JSON") {
+			t.Fatalf("decoder says %q for valid line %q", derr.Msg, line)
+		}
+		if derr != nil {
+			return
+		}
+		// Exact keys, last one wins: the same rules as the decoder.
+		var env map[string]json.RawMessage
+		require.NoError(t, json.Unmarshal(line, &env))
+		assert.Equal(t, string(env["id"]), string(req.ID))
+		if req.Method != MethodCallStart && req.Method != MethodCallEnd {
+			return
+		}
+		var p map[string]json.RawMessage
+		require.NoError(t, json.Unmarshal(env["payload"], &p))
+		key := "start"
+		if req.Method == MethodCallEnd {
+			key = "end"
+		}
+		var inner map[string]json.RawMessage
+		require.NoError(t, json.Unmarshal(p[key], &inner))
+		var id, project string
+		require.NoError(t, json.Unmarshal(inner["id"], &id))
+		require.NoError(t, json.Unmarshal(inner["project_id"], &project))
+		assert.Equal(t, id, req.CallID)
+		assert.Equal(t, project, req.ProjectID)
+	})
+}
