@@ -94,9 +94,8 @@ def main() -> int:
         result_path = Path(home) / "result.json"
         env = workload_env(control.url, home, args.direct)
         print(f"demo: trace server {control.url}, project {args.project}")
-        print(
-            f"demo: running the workload (WEAVE_USE_SIDECAR={env.get('WEAVE_USE_SIDECAR', 'unset')})"
-        )
+        switch = env.get("WEAVE_USE_SIDECAR", "unset")
+        print(f"demo: running the workload (WEAVE_USE_SIDECAR={switch})")
         started = time.monotonic()
         proc = subprocess.run(
             [sys.executable, str(HERE / "workload.py"), args.project, str(result_path)],
@@ -145,9 +144,8 @@ def report(
     print(f"  through the sidecar:         {via['sidecar']}")
     print(f"  direct from the SDK:         {via['direct']}")
     print(f"duplicates:                    {len(duplicates)}")
-    print(
-        f"missing starts / ends:         {len(missing['start'])} / {len(missing['end'])}"
-    )
+    n_start, n_end = len(missing["start"]), len(missing["end"])
+    print(f"missing starts / ends:         {n_start} / {n_end}")
     print(f"workload wall time:            {elapsed:.1f} s")
     print("HTTP requests by path:")
     for path, n in sorted(control.request_counts().items()):
