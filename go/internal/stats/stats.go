@@ -1,0 +1,108 @@
+// Package stats holds the sidecar's counters, shared by intake and delivery
+// and reported by the stats request.
+package stats
+
+import (
+	"sync/atomic"
+
+	"github.com/weave-sidecar/weave-sidecar/go/internal/backend"
+	"github.com/weave-sidecar/weave-sidecar/go/internal/protocol"
+)
+
+// dropReasons lists every backend.DropReason, for counters.
+var dropReasons = []backend.DropReason{
+	backend.DropRejected, backend.DropTooLarge, backend.DropUnauthorized,
+	backend.DropCallsComplete, backend.DropShutdown,
+}
+
+// Stats are counters since the sidecar started. The zero value is ready to
+// use; all methods are safe for concurrent use.
+type Stats struct {
+	Received     atomic.Int64 // request lines read, of any method
+	Accepted     atomic.Int64 // calls acked
+	Delivered    atomic.Int64 // calls the trace server accepted
+	Batches      atomic.Int64 // batches handed to the backend
+	HTTPRequests atomic.Int64
+	Retries      atomic.Int64
+	Connections  atomic.Int64 // connections open now
+
+	refused [16]atomic.Int64 // indexed like protocol.Codes
+	failed  [8]atomic.Int64  // indexed like dropReasons
+}
+
+// Refused counts one request refused with code.
+func (s *Stats) Refused(code protocol.Code) {
+	for i, c := range protocol.Codes {
+		if c == code {
+			s.refused[i].Add(1)
+			return
+		}
+	}
+}
+
+// Failed counts n calls dropped for reason.
+func (s *Stats) Failed(reason backend.DropReason, n int) {
+	for i, r := range dropReasons {
+		if r == reason {
+			s.failed[i].Add(int64(n))
+			return
+		}
+	}
+}
+
+// FailedTotal returns the number of calls dropped for any reason.
+func (s *Stats) FailedTotal() int64 {
+	var n int64
+	for i := range dropReasons {
+		n += s.failed[i].Load()
+	}
+	return n
+}
+
+// Queue describes accepted calls not yet resolved.
+type Queue struct {
+	Items    int64 // accepted, not yet delivered or dropped
+	Bytes    int64 // their encoded size
+	InFlight int64 // of those, items in the batch being sent now
+}
+
+// Snapshot is the stats result object (docs/protocol.md).
+type Snapshot struct {
+	Received      int64            `json:"received"`
+	Accepted      int64            `json:"accepted"`
+	Refused       map[string]int64 `json:"refused"`
+	Delivered     int64            `json:"delivered"`
+	Failed        map[string]int64 `json:"failed"`
+	QueuedItems   int64            `json:"queued_items"`
+	QueuedBytes   int64            `json:"queued_bytes"`
+	InFlightItems int64            `json:"in_flight_items"`
+	Batches       int64            `json:"batches"`
+	HTTPRequests  int64            `json:"http_requests"`
+	Retries       int64            `json:"retries"`
+	Connections   int64            `json:"connections"`
+}
+
+// Snapshot reads every counter; q comes from the batcher.
+func (s *Stats) Snapshot(q Queue) Snapshot {
+	snap := Snapshot{
+		Received:      s.Received.Load(),
+		Accepted:      s.Accepted.Load(),
+		Refused:       make(map[string]int64, len(protocol.Codes)),
+		Delivered:     s.Delivered.Load(),
+		Failed:        make(map[string]int64, len(dropReasons)),
+		QueuedItems:   q.Items,
+		QueuedBytes:   q.Bytes,
+		InFlightItems: q.InFlight,
+		Batches:       s.Batches.Load(),
+		HTTPRequests:  s.HTTPRequests.Load(),
+		Retries:       s.Retries.Load(),
+		Connections:   s.Connections.Load(),
+	}
+	for i, c := range protocol.Codes {
+		snap.Refused[string(c)] = s.refused[i].Load()
+	}
+	for i, r := range dropReasons {
+		snap.Failed[string(r)] = s.failed[i].Load()
+	}
+	return snap
+}

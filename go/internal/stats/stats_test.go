@@ -1,0 +1,31 @@
+package stats
+
+import (
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+
+	"github.com/weave-sidecar/weave-sidecar/go/internal/backend"
+	"github.com/weave-sidecar/weave-sidecar/go/internal/protocol"
+)
+
+func TestSnapshot(t *testing.T) {
+	var s Stats
+	s.Received.Add(5)
+	s.Refused(protocol.CodeQueueFull)
+	s.Refused(protocol.CodeQueueFull)
+	s.Refused(protocol.CodeInvalidRequest)
+	s.Failed(backend.DropRejected, 3)
+	s.Failed(backend.DropShutdown, 1)
+
+	snap := s.Snapshot(Queue{Items: 2, Bytes: 100, InFlight: 1})
+	assert.Equal(t, int64(5), snap.Received)
+	assert.Equal(t, int64(2), snap.Refused["queue_full"])
+	assert.Equal(t, int64(1), snap.Refused["invalid_request"])
+	assert.Equal(t, int64(0), snap.Refused["shutting_down"])
+	assert.Len(t, snap.Refused, len(protocol.Codes))
+	assert.Equal(t, map[string]int64{"rejected": 3, "too_large": 0, "unauthorized": 0,
+		"calls_complete_mode": 0, "shutdown": 1}, snap.Failed)
+	assert.Equal(t, int64(4), s.FailedTotal())
+	assert.Equal(t, int64(100), snap.QueuedBytes)
+}
