@@ -1,0 +1,194 @@
+// Command weave-sidecar forwards Weave SDK call_start/call_end requests from
+// a Unix socket to the trace server's /call/upsert_batch, in batches.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/mattn/go-isatty"
+
+	"github.com/weave-sidecar/weave-sidecar/go/internal/auth"
+	"github.com/weave-sidecar/weave-sidecar/go/internal/backend"
+	"github.com/weave-sidecar/weave-sidecar/go/internal/batch"
+	"github.com/weave-sidecar/weave-sidecar/go/internal/ingest"
+	"github.com/weave-sidecar/weave-sidecar/go/internal/protocol"
+	"github.com/weave-sidecar/weave-sidecar/go/internal/stats"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+// Bounds on the shutdown steps before the drain.
+const (
+	maxGrace      = time.Second            // for lines already sent to be read
+	parentPollGap = 200 * time.Millisecond // how often --parent-pid is checked
+)
+
+func main() {
+	err := run(os.Args[1:], os.Getenv, os.Stdin, os.Stdout, os.Stderr)
+	if err == nil {
+		return
+	}
+	if errors.Is(err, flagHelp) {
+		os.Exit(0)
+	}
+	fmt.Fprintln(os.Stderr, "weave-sidecar:", err)
+	var ue usageError
+	if errors.As(err, &ue) || errors.Is(err, auth.ErrNoKey) {
+		os.Exit(2)
+	}
+	os.Exit(1)
+}
+
+var flagHelp = errors.New("help requested")
+
+func newLogger(w io.Writer, level slog.Level) *slog.Logger {
+	opts := &slog.HandlerOptions{Level: level}
+	if f, ok := w.(*os.File); ok && isatty.IsTerminal(f.Fd()) {
+		return slog.New(slog.NewTextHandler(w, opts))
+	}
+	return slog.New(slog.NewJSONHandler(w, opts))
+}
+
+// run is the whole program; it returns when the sidecar has drained.
+func run(args []string, getenv func(string) string, stdin io.Reader, stdout, stderr io.Writer) error {
+	cfg, err := parseConfig(args, getenv, stderr)
+	if err != nil {
+		var ue usageError
+		if errors.As(err, &ue) && errors.Is(ue.err, flag.ErrHelp) {
+			return flagHelp
+		}
+		return err
+	}
+	if cfg.Version {
+		fmt.Fprintln(stdout, "weave-sidecar", version)
+		return nil
+	}
+	log := newLogger(stderr, cfg.LogLevel)
+	signal.Ignore(syscall.SIGPIPE)
+
+	key, keySource, err := auth.Resolve(cfg.APIKey, getenv)
+	if err != nil {
+		return err
+	}
+	publicURL, host := publicBackend(cfg.Backend)
+	client, err := backend.New(backend.Config{
+		URL:            cfg.Backend,
+		Key:            key,
+		Version:        version,
+		RequestTimeout: cfg.RequestTimeout,
+		MaxBodyBytes:   protocol.MaxBodyBytes,
+		Logger:         log,
+	})
+	if err != nil {
+		return usageError{err}
+	}
+	defer client.Close()
+
+	st := &stats.Stats{}
+	b, err := batch.New(batch.Config{
+		Sender:        client,
+		FlushInterval: cfg.FlushInterval,
+		MaxCount:      cfg.FlushMaxCount,
+		MaxBytes:      cfg.FlushMaxBytes,
+		MaxQueueBytes: cfg.MaxQueueBytes,
+		Stats:         st,
+		Logger:        log,
+	})
+	if err != nil {
+		return usageError{err}
+	}
+	hello, err := json.Marshal(protocol.Hello{
+		Name: "weave-sidecar", Version: version, Protocol: protocol.Version, PID: os.Getpid(),
+		Backend: publicURL,
+		Limits: protocol.Limits{MaxLineBytes: protocol.MaxLineBytes, MaxCallBytes: protocol.MaxBodyBytes,
+			MaxQueueBytes: cfg.MaxQueueBytes},
+	})
+	if err != nil {
+		return err
+	}
+
+	ln, err := ingest.Listen(cfg.Socket)
+	if err != nil {
+		b.Close(context.Background())
+		return err
+	}
+	srv := ingest.New(ingest.Config{Batcher: b, Stats: st, Hello: hello, Logger: log})
+	srv.Serve(ln)
+	log.Info("weave-sidecar started", "version", version, "pid", os.Getpid(), "socket", cfg.Socket,
+		"backend_host", host, "key_source", keySource,
+		"flush_interval", cfg.FlushInterval.String(), "flush_max_count", cfg.FlushMaxCount,
+		"flush_max_bytes", min(cfg.FlushMaxBytes, protocol.MaxBodyBytes), "max_queue_bytes", cfg.MaxQueueBytes,
+		"max_line_bytes", protocol.MaxLineBytes, "shutdown_timeout", cfg.ShutdownTimeout.String())
+
+	reason := waitForStop(cfg, stdin)
+	start := time.Now()
+	log.Info("shutting down", "reason", reason)
+
+	// Stop taking connections, let the lines already sent be read, then
+	// close intake and drain within the shutdown bound.
+	deadline := start.Add(cfg.ShutdownTimeout)
+	srv.StopAccepting()
+	graceCtx, cancelGrace := context.WithTimeout(context.Background(), min(maxGrace, cfg.ShutdownTimeout/2))
+	srv.WaitIdle(graceCtx)
+	cancelGrace()
+	drainCtx, cancelDrain := context.WithDeadline(context.Background(), deadline)
+	sum := b.Close(drainCtx)
+	cancelDrain()
+	srv.Close()
+
+	attrs := []any{"delivered", sum.Delivered, "dropped", sum.Dropped, "undelivered", sum.Undelivered,
+		"accepted", st.Accepted.Load(), "drain", time.Since(start).Round(time.Millisecond).String()}
+	if sum.Undelivered > 0 {
+		log.Warn("stopped with calls undelivered: the shutdown timeout ran out", attrs...)
+	} else {
+		log.Info("stopped", attrs...)
+	}
+	return nil
+}
+
+// waitForStop blocks until a signal, stdin EOF (with --exit-on-stdin-eof)
+// or the parent's exit (with --parent-pid), and says which.
+func waitForStop(cfg config, stdin io.Reader) string {
+	stop := make(chan string, 3)
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	defer signal.Stop(sigs)
+
+	if cfg.ExitOnStdinEOF {
+		go func() {
+			io.Copy(io.Discard, stdin)
+			stop <- "stdin closed"
+		}()
+	}
+	if cfg.ParentPID > 0 {
+		// When the watched process is our parent, being re-parented also
+		// means it is gone (and guards against its pid being reused).
+		isParent := os.Getppid() == cfg.ParentPID
+		go func() {
+			for {
+				time.Sleep(parentPollGap)
+				if !parentAlive(cfg.ParentPID, isParent) {
+					stop <- "parent process exited"
+					return
+				}
+			}
+		}()
+	}
+	select {
+	case sig := <-sigs:
+		return sig.String()
+	case r := <-stop:
+		return r
+	}
+}

@@ -1,0 +1,31 @@
+package ingest
+
+import (
+	"bufio"
+	"net"
+)
+
+// writer buffers response lines for one connection.
+type writer struct {
+	bw  *bufio.Writer
+	err error // first write error; later writes are skipped
+}
+
+func newWriter(c net.Conn) *writer { return &writer{bw: bufio.NewWriterSize(c, writeBufSize)} }
+
+func (w *writer) Write(p []byte) (int, error) {
+	if w.err != nil {
+		return 0, w.err
+	}
+	n, err := w.bw.Write(p)
+	w.err = err
+	return n, err
+}
+
+func (w *writer) Flush() error {
+	if w.err != nil {
+		return w.err
+	}
+	w.err = w.bw.Flush()
+	return w.err
+}
