@@ -161,7 +161,7 @@ func (c *Client) attempt(ctx context.Context, body []byte, retryID string, items
 			return result{class: classShutdown}
 		}
 		c.log.Debug("backend request failed", "items", items, "body_bytes", len(body), "attempt", attempt,
-			"retry_id", retryID, "duration", time.Since(start), "err", err)
+			"retry_id", retryID, "duration", time.Since(start).Round(time.Microsecond).String(), "err", err)
 		return result{class: classRetry, err: err, reason: err.Error()}
 	}
 	defer resp.Body.Close()
@@ -182,7 +182,7 @@ func (c *Client) attempt(ctx context.Context, body []byte, retryID string, items
 		res.retryAfter = parseRetryAfter(resp.Header.Get("Retry-After"), time.Now())
 	}
 	c.log.Debug("backend request", "status", resp.StatusCode, "items", items, "body_bytes", len(body),
-		"attempt", attempt, "retry_id", retryID, "duration", time.Since(start))
+		"attempt", attempt, "retry_id", retryID, "duration", time.Since(start).Round(time.Microsecond).String())
 	return res
 }
 
@@ -199,7 +199,7 @@ func (c *Client) failed(res result, items, bodyBytes int, wait time.Duration) {
 	c.failures++
 	c.mu.Unlock()
 
-	attrs := []any{"items", items, "body_bytes", bodyBytes, "retry_in", wait}
+	attrs := []any{"items", items, "body_bytes", bodyBytes, "retry_in", wait.Round(time.Millisecond).String()}
 	if res.err != nil {
 		attrs = append(attrs, "err", res.err)
 	} else {
@@ -223,7 +223,7 @@ func (c *Client) answered(res result) {
 	c.mu.Unlock()
 
 	if recovered {
-		c.log.Info("backend reachable again", "failures", failures, "duration", time.Since(since).Round(time.Millisecond))
+		c.log.Info("backend reachable again", "failures", failures, "duration", time.Since(since).Round(time.Millisecond).String())
 	}
 	switch {
 	case res.class == classUnauthorized && !wasUnauthorized:

@@ -167,7 +167,7 @@ func TestSendRetryAfter(t *testing.T) {
 	warn := logs.lines(t, "backend delivery failing")
 	require.Len(t, warn, 1)
 	// The backoff ceiling is 1ms here, so the wait is exactly Retry-After.
-	assert.EqualValues(t, time.Second, warn[0]["retry_in"])
+	assert.Equal(t, "1s", warn[0]["retry_in"])
 	assert.EqualValues(t, 429, warn[0]["status"])
 }
 
