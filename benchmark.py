@@ -158,7 +158,9 @@ def _child_env(
     env = {
         k: v
         for k, v in os.environ.items()
-        if not k.startswith(("WEAVE_", "WANDB_", "WF_", "BENCH_"))
+        # WEAVE_SIDECAR_* pass through (WEAVE_SIDECAR_BIN, daemon settings).
+        if k.startswith("WEAVE_SIDECAR_")
+        or not k.startswith(("WEAVE_", "WANDB_", "WF_", "BENCH_"))
         and k.lower() not in ("http_proxy", "all_proxy")
     }
     env.update(
@@ -449,7 +451,8 @@ def format_comparison(results: dict[str, Any]) -> str:
             f"{s['last_op_to_exit_s']:>10.3f} s         {sp['last_op_to_exit']:.2f}x"
             f"  (goal >= 5x: {_verdict(sp['last_op_to_exit'] >= 5)})",
             f"  End to end:       {d['end_to_end_ops_s']:>10,.0f} -> "
-            f"{s['end_to_end_ops_s']:>10,.0f} ops/sec   {sp['end_to_end_throughput']:.2f}x",
+            f"{s['end_to_end_ops_s']:>10,.0f} ops/sec   "
+            f"{sp['end_to_end_throughput']:.2f}x",
             f"  Python CPU/call:  {d['python_cpu_us_per_call']:>10,.0f} -> "
             f"{s['python_cpu_us_per_call']:>10,.0f} us        "
             f"{sp['python_cpu_per_call']:.2f}x"
@@ -602,7 +605,8 @@ def main(argv: list[str] | None = None) -> int:
         print("Running benchmark" + (" comparison..." if len(modes) > 1 else "..."))
         print(f"Project:    {settings.project}")
         print(
-            f"Operations: {settings.ops:,} x {args.runs} run(s); modes: {', '.join(modes)}"
+            f"Operations: {settings.ops:,} x {args.runs} run(s); "
+            f"modes: {', '.join(modes)}"
         )
         print(f"Backend:    {backend.url}" + (
             f" (local trace server, +{settings.latency_ms:g} ms per request)"
