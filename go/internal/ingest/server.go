@@ -184,12 +184,9 @@ func (s *Server) serveConn(cn *conn) {
 	lr := protocol.NewLineReader(cn.c, readBufSize, s.cfg.MaxLineBytes)
 	w := newWriter(cn.c)
 	var out []byte
-	var received int64
 	var req protocol.Request
 	for {
 		if lr.Buffered() == 0 {
-			s.cfg.Stats.Received.Add(received)
-			received = 0
 			if err := w.Flush(); err != nil {
 				s.log.Debug("connection write failed", "err", err)
 				return
@@ -202,7 +199,7 @@ func (s *Server) serveConn(cn *conn) {
 		switch {
 		case err == nil:
 		case errors.As(err, &tooLong):
-			received++
+			s.cfg.Stats.Received.Add(1)
 			s.cfg.Stats.Refused(protocol.CodeLineTooLong)
 			out = protocol.AppendError(out[:0], nil, protocol.Errorf(protocol.CodeLineTooLong,
 				"%s; send this call another way", tooLong))
@@ -211,7 +208,6 @@ func (s *Server) serveConn(cn *conn) {
 			}
 			continue
 		default:
-			s.cfg.Stats.Received.Add(received)
 			if !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {
 				s.log.Debug("connection read failed", "err", err)
 			}
@@ -219,7 +215,7 @@ func (s *Server) serveConn(cn *conn) {
 			return
 		}
 
-		received++
+		s.cfg.Stats.Received.Add(1)
 		out = s.handle(cn, w, line, &req, out[:0])
 		if _, err := w.Write(out); err != nil {
 			s.log.Debug("connection write failed", "err", err)
