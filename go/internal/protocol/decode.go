@@ -5,6 +5,7 @@ package protocol
 
 import (
 	"bytes"
+	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"unicode/utf8"
@@ -456,17 +457,40 @@ func (d *decoder) number() error {
 	return nil
 }
 
+// SWAR constants: test eight string bytes at a time for the three that
+// need attention (a quote, a backslash, a control character).
+const (
+	swarLo = 0x0101010101010101
+	swarHi = 0x8080808080808080
+)
+
+// plain8 reports whether none of the eight bytes in x is '"', '\\' or
+// below 0x20. Each test is exact about whether such a byte exists.
+func plain8(x uint64) bool {
+	quote := x ^ (swarLo * '"')
+	slash := x ^ (swarLo * '\\')
+	special := (quote - swarLo) & ^quote & swarHi
+	special |= (slash - swarLo) & ^slash & swarHi
+	special |= (x - swarLo*0x20) & ^x & swarHi
+	return special == 0
+}
+
 // str parses a string token (UTF-8 validity was checked for the whole line).
 func (d *decoder) str() error {
 	d.pos++ // opening quote
-	for d.pos < len(d.data) {
-		// Skip the common run of plain bytes quickly.
+	for {
+		// Skip plain bytes eight at a time.
+		for d.pos+8 <= len(d.data) && plain8(binary.LittleEndian.Uint64(d.data[d.pos:])) {
+			d.pos += 8
+		}
+		if d.pos >= len(d.data) {
+			return d.fail("unterminated string")
+		}
 		c := d.data[d.pos]
-		if c >= 0x20 && c != '"' && c != '\\' {
+		switch {
+		case c >= 0x20 && c != '"' && c != '\\':
 			d.pos++
 			continue
-		}
-		switch {
 		case c == '"':
 			d.pos++
 			return nil
@@ -476,7 +500,7 @@ func (d *decoder) str() error {
 		// Backslash escape.
 		d.pos++
 		if d.pos >= len(d.data) {
-			break
+			return d.fail("unterminated string")
 		}
 		switch d.data[d.pos] {
 		case '"', '\\', '/', 'b', 'f', 'n', 'r', 't':
@@ -490,7 +514,6 @@ func (d *decoder) str() error {
 			return d.fail("invalid escape")
 		}
 	}
-	return d.fail("unterminated string")
 }
 
 func isHex4(b []byte) bool {

@@ -156,3 +156,32 @@ func FuzzDecode(f *testing.F) {
 		assert.Equal(t, project, req.ProjectID)
 	})
 }
+
+func TestPlain8(t *testing.T) {
+	for c := range 256 {
+		for pos := range 8 {
+			var b [8]byte
+			for i := range b {
+				b[i] = 'a'
+			}
+			b[pos] = byte(c)
+			x := uint64(0)
+			for i := 7; i >= 0; i-- {
+				x = x<<8 | uint64(b[i])
+			}
+			want := c >= 0x20 && c != '"' && c != '\\'
+			if got := plain8(x); got != want {
+				t.Fatalf("plain8 with %#x at %d = %v, want %v", c, pos, got, want)
+			}
+		}
+	}
+	// High bytes (UTF-8) next to specials must not hide them.
+	for _, s := range []string{"\xff\"aaaaaa", "\x80\x80\x80\x80\x80\x80\x80\\", "\xe9\x1f\xe9\xe9\xe9\xe9\xe9\xe9"} {
+		x := uint64(0)
+		for i := 7; i >= 0; i-- {
+			x = x<<8 | uint64(s[i])
+		}
+		assert.False(t, plain8(x), "%q", s)
+	}
+	assert.True(t, plain8(0xe9e9e9e9e9e9e9e9))
+}
