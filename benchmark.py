@@ -198,12 +198,13 @@ def run_mode(
     mode: str,
     workdir: Path,
     profile: Path | None = None,
+    workload: Path = WORKLOAD,
 ) -> RunResult:
     """Run the workload once in mode, in a fresh interpreter; check and measure it."""
     home = Path(tempfile.mkdtemp(prefix="h", dir=workdir))
     result_path = home / "result.json"
     backend.control.reset()
-    cmd = [sys.executable, str(WORKLOAD), str(result_path)]
+    cmd = [sys.executable, str(workload), str(result_path)]
     if profile is not None:
         cmd = [
             sys.executable, "-m", "pyinstrument", "--renderer", "text",
@@ -252,11 +253,15 @@ def run_mode(
         "process_cpu_s": rusage.ru_utime + rusage.ru_stime,
         **backend_counts,
     }
+    metrics["exit_hooks_s"] = child["exit_hook_at"] - child["last_op_at"]
+    metrics["exit_teardown_s"] = exited_at - child["exit_hook_at"]
     metrics["end_to_end_ops_s"] = settings.ops / metrics["end_to_end_s"]
     metrics["call_requests_per_1000_calls"] = 1000 * metrics["call_requests"] / calls
+    hooks = sorted(child.get("exit_hooks") or [], key=lambda h: -h[2])
     details = {
         "call_processor": child.get("call_processor"),
         "sidecar": child.get("sidecar"),
+        "slowest_exit_hooks": [[name, round(secs, 4)] for name, _, secs in hooks[:3]],
     }
     return RunResult(mode, metrics, details)
 
@@ -371,6 +376,7 @@ def summarize(runs: list[RunResult]) -> dict[str, Any]:
         **medians,
         "call_paths": runs[0].metrics["_call_paths"],
         "call_processor": runs[0].details.get("call_processor"),
+        "slowest_exit_hooks": [r.details.get("slowest_exit_hooks") for r in runs],
         "runs": [
             {k: v for k, v in r.metrics.items() if not k.startswith("_")} for r in runs
         ],
@@ -400,6 +406,7 @@ def speedup(by_run: list[dict[str, RunResult]], base: str) -> dict[str, Any]:
 
 def format_block(mode: str, s: dict[str, Any], settings: Settings, runs: int) -> str:
     title = TITLES[mode]
+    hooks = (s["slowest_exit_hooks"][0] or [])[:2]
     backend = (
         f"{settings.latency_ms:g} ms backend"
         if settings.latency_ms is not None
@@ -417,6 +424,9 @@ def format_block(mode: str, s: dict[str, Any], settings: Settings, runs: int) ->
         f"  p50 latency:     {s['latency_p50_ms']:.3f} ms",
         f"  p99 latency:     {s['latency_p99_ms']:.3f} ms",
         f"  Last op to exit: {s['last_op_to_exit_s']:.3f} s (flush and exit included)",
+        f"                   = exit hooks {s['exit_hooks_s']:.3f} s (slowest: "
+        + ", ".join(f"{n.rsplit('.', 1)[-1]} {t:.2f} s" for n, t in hooks)
+        + f") + interpreter teardown {s['exit_teardown_s']:.3f} s",
         f"  End to end:      {s['end_to_end_s']:.3f} s "
         f"({s['end_to_end_ops_s']:,.0f} ops/sec, first op to process exit)",
         f"  Python CPU:      {s['python_cpu_s']:.3f} s "
@@ -558,6 +568,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--json", default=None, metavar="PATH", help="write every number here"
     )
     p.add_argument(
+        "--workload",
+        default=str(WORKLOAD),
+        help="the traced program to run (default benchmarks/traced_ops.py; for "
+        "experiments with a patched copy)",
+    )
+    p.add_argument(
         "--profile",
         default=None,
         metavar="DIR",
@@ -616,7 +632,9 @@ def main(argv: list[str] | None = None) -> int:
         for n in range(args.runs):
             run: dict[str, RunResult] = {}
             for mode in modes:
-                r = run_mode(backend, settings, mode, workdir)
+                r = run_mode(
+                    backend, settings, mode, workdir, workload=Path(args.workload)
+                )
                 run[mode] = r
                 print(
                     f"  run {n + 1}/{args.runs} {mode:<13} "
@@ -648,7 +666,14 @@ def main(argv: list[str] | None = None) -> int:
             out = Path(args.profile)
             out.mkdir(parents=True, exist_ok=True)
             for mode in modes:
-                run_mode(backend, settings, mode, workdir, profile=out / f"{mode}.txt")
+                run_mode(
+                    backend,
+                    settings,
+                    mode,
+                    workdir,
+                    profile=out / f"{mode}.txt",
+                    workload=Path(args.workload),
+                )
                 print(f"profile: {out / f'{mode}.txt'}")
         if args.json:
             with open(args.json, "w") as f:

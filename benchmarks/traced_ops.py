@@ -56,6 +56,32 @@ def _record_created_calls() -> None:
     WeaveClient.create_call = create_call  # type: ignore[method-assign]
 
 
+def _time_exit_hooks() -> None:
+    """Time every exit hook registered from now on (reported as exit_hooks)."""
+    hooks: list[list[Any]] = []
+    _result["exit_hooks"] = hooks
+
+    def timed(fn: Any) -> Any:
+        name = getattr(fn, "__qualname__", repr(fn))
+        module = getattr(fn, "__module__", "") or ""
+
+        def run(*args: Any, **kwargs: Any) -> Any:
+            t0 = time.monotonic()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                hooks.append([f"{module}.{name}", t0, time.monotonic() - t0])
+
+        return run
+
+    register = atexit.register
+    atexit.register = lambda fn, *a, **k: register(timed(fn), *a, **k)  # type: ignore[assignment]
+    thread_register = threading._register_atexit  # type: ignore[attr-defined]
+    threading._register_atexit = lambda fn, *a, **k: thread_register(  # type: ignore[attr-defined]
+        timed(fn), *a, **k
+    )
+
+
 def _use_sidecar() -> bool:
     value = os.environ.get("WEAVE_USE_SIDECAR", "").strip().lower()
     return value in ("1", "true", "yes", "on")
@@ -65,6 +91,7 @@ def main() -> int:
     # Registered before weave is imported, so it runs after every SDK and
     # sidecar exit hook (atexit is LIFO).
     atexit.register(_write_result, sys.argv[1])
+    _time_exit_hooks()
     project = os.environ["BENCH_PROJECT"]
     ops = int(os.environ["BENCH_OPS"])
     threads = max(1, int(os.environ.get("BENCH_THREADS", "1")))
