@@ -20,7 +20,12 @@ def _is_executable(path: str) -> bool:
 
 
 def find_sidecar_bin() -> str:
-    """Return the path of the weave-sidecar binary.
+    """Return the path of the weave-sidecar binary; see `find_in`."""
+    return find_in(os.path.dirname(os.path.abspath(__file__)))
+
+
+def find_in(package_dir: str) -> str:
+    """Return the weave-sidecar binary for the package installed at `package_dir`.
 
     Order: the `WEAVE_SIDECAR_BIN` override, the copy bundled in the wheel
     (`weave_sidecar/bin/`), then `PATH`. An override that is set but does not
@@ -44,9 +49,7 @@ def find_sidecar_bin() -> str:
     tried.append(f"{BIN_ENV} (unset)")
 
     # The copy the platform wheel ships next to this package.
-    bundled = os.path.join(
-        os.path.dirname(os.path.abspath(__file__)), "bin", _exe_name()
-    )
+    bundled = os.path.join(package_dir, "bin", _exe_name())
     if _is_executable(bundled):
         return bundled
     tried.append(bundled)

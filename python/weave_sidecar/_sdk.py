@@ -13,8 +13,12 @@ SDK's processor as the direct path. Because the server still has a
 ``stop_accepting_new_work_and_flush_queue()`` on it, which here waits for the
 sidecar's delivery and then drains the direct path.
 
-Everything else the server does (objects, files, tables, queries, the
-calls-complete write path) is untouched. If the direct path later upgrades the
+weave 0.54 defaults to the calls-complete write path (``/v2/.../calls/complete``),
+which the sidecar does not speak; attaching switches a fresh server back to the
+SDK's start/end path (what ``WEAVE_USE_CALLS_COMPLETE=false`` gives). Setting
+``WEAVE_USE_CALLS_COMPLETE=true`` explicitly keeps calls-complete and the
+sidecar is not used (one warning). Everything else the server does (objects,
+files, tables, queries) is untouched. If the direct path later upgrades the
 server to calls-complete mode, the SDK replaces our processor with its own and
 the sidecar is no longer used for that server.
 
@@ -27,6 +31,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import os
 import threading
 from typing import Any
 
@@ -35,6 +40,7 @@ from ._link import Link, close_all_at_exit, normalize_url, warn_fallback
 logger = logging.getLogger("weave_sidecar")
 
 SUPPORTED_WEAVE = ">=0.54,<0.55"
+CALLS_COMPLETE_ENV = "WEAVE_USE_CALLS_COMPLETE"
 
 _lock = threading.Lock()
 _links: dict[tuple[str, str], Link] = {}
@@ -120,6 +126,38 @@ def _find_remote(server: Any) -> Any:
     return None
 
 
+def _calls_complete_requested() -> bool:
+    value = os.environ.get(CALLS_COMPLETE_ENV, "").strip().lower()
+    return value in ("1", "true", "yes", "on")
+
+
+def _use_legacy_processor(remote: Any, old: Any) -> Any:
+    """Put the SDK's start/end processor in place of its calls-complete one.
+
+    weave 0.54 defaults to the calls-complete write path, which the sidecar
+    does not speak. A server fresh from init_weave_get_server holds no calls
+    yet, so its processor is swapped for the one the SDK builds when
+    WEAVE_USE_CALLS_COMPLETE=false. A project that requires calls-complete is
+    still handled: the sidecar answers calls_complete_mode_required, the calls
+    go back to this processor, and the SDK upgrades itself as it would anyway.
+    """
+    from weave.trace.settings import max_calls_queue_size, should_enable_disk_fallback
+    from weave.trace_server_bindings.async_batch_processor import AsyncBatchProcessor
+
+    if old.num_outstanding_jobs:
+        return old
+    new = AsyncBatchProcessor(
+        remote._flush_calls,
+        max_queue_size=max_calls_queue_size(),
+        enable_disk_fallback=should_enable_disk_fallback(),
+    )
+    remote.use_calls_complete = False
+    remote.call_processor = new
+    # Let its threads end on their next round instead of joining them here.
+    old.stop_accepting_work_event.set()
+    return new
+
+
 def attach(server: Any) -> bool:
     """Route this server's call_start/call_end through the sidecar.
 
@@ -128,6 +166,7 @@ def attach(server: Any) -> bool:
     credentials that are not an API key, or no usable sidecar.
     """
     from weave.trace_server_bindings.async_batch_processor import AsyncBatchProcessor
+    from weave.trace_server_bindings.call_batch_processor import CallBatchProcessor
 
     global _atexit_registered
     remote = _find_remote(server)
@@ -137,9 +176,16 @@ def attach(server: Any) -> bool:
     processor = getattr(remote, "call_processor", None)
     if isinstance(processor, SidecarCallProcessor):
         return True
+    if type(processor) is CallBatchProcessor:
+        if _calls_complete_requested():
+            warn_fallback(
+                "WEAVE_USE_CALLS_COMPLETE is set, and the sidecar does not speak "
+                "the calls-complete write path"
+            )
+            return False
+        processor = _use_legacy_processor(remote, processor)
     if type(processor) is not AsyncBatchProcessor:
-        # Unbatched, or the calls-complete processor: the sidecar speaks
-        # /call/upsert_batch only.
+        # Unbatched (e.g. a disabled client): nothing to route.
         logger.debug("server keeps its own call processor: %r", type(processor))
         return False
     api_key = getattr(getattr(remote, "_credentials", None), "api_key", None)

@@ -1,0 +1,209 @@
+"""The real Weave SDK through the sidecar, in subprocesses, against the local server."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sidecar_bin import sidecar_bin
+
+import weave_sidecar
+from weave_sidecar.testing import TraceServer
+
+pytestmark = pytest.mark.timeout(180)
+
+SCRIPTS = Path(__file__).resolve().parent / "scripts"
+WARNING = "weave-sidecar is not used"
+PACKAGE_ROOT = str(Path(weave_sidecar.__file__).resolve().parents[1])
+
+
+@pytest.fixture
+def env(weave_env: dict[str, str]) -> Iterator[dict[str, str]]:
+    """weave_env plus the sidecar switched on, a short runtime dir and our package."""
+    runtime = tempfile.mkdtemp(prefix="wst-", dir="/tmp")
+    sidecar_bin()  # build or find it before any script needs it
+    e = dict(weave_env)
+    e.update(
+        WEAVE_USE_SIDECAR="true",
+        XDG_RUNTIME_DIR=runtime,
+        PYTHONPATH=PACKAGE_ROOT,
+        # No shared sidecar from the developer's machine.
+        WEAVE_SIDECAR_SOCKET=os.path.join(runtime, "none.sock"),
+    )
+    yield e
+    subprocess.run(["rm", "-rf", runtime], check=False)
+
+
+def run_script(
+    name: str, env: dict[str, str], *args: str, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPTS / name), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=150,
+    )
+    if check and proc.returncode != 0:
+        pytest.fail(f"{name} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def last_json(proc: subprocess.CompletedProcess[str]) -> Any:
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def assert_exactly_once(server: TraceServer, project_id: str, ids: list[str]) -> None:
+    assert server.missing(ids) == {"start": [], "end": []}
+    assert server.duplicates() == []
+    stored = server.calls(project_id)
+    assert {c["id"] for c in stored} >= set(ids)
+    assert len(set(ids)) == len(ids)
+    assert all(c["_has_start"] and c["_has_end"] for c in stored)
+
+
+def went_through_sidecar(server: TraceServer) -> bool:
+    agents = server.user_agents("/call/upsert_batch")
+    return bool(agents) and all("weave-sidecar" in ua.lower() for ua in agents)
+
+
+def wait_gone(pid: int, seconds: float = 20) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.mark.parametrize("finish", [True, False], ids=["flush", "exit-at-once"])
+def test_calls_go_through_sidecar(
+    trace_server: TraceServer, project_id: str, env: dict[str, str], finish: bool
+) -> None:
+    args = [project_id, "20", "--enable"] + ([] if finish else ["--no-finish"])
+    proc = run_script("traced.py", env, *args)
+    out = last_json(proc)
+    # Top-level calls recorded by the script; with the nested leaf calls the
+    # project holds 20 * (3 + 1 + 1) + 2 + 4 * 5 * 3 calls.
+    assert len(out["ids"]) == 20 * 3 + 2 + 20
+    assert_exactly_once(trace_server, project_id, out["ids"])
+    assert len(trace_server.calls(project_id)) == 162
+    if finish:
+        assert out["read_back"] == len(out["ids"])
+    assert out["status"]["state"] == "open"
+    assert out["alive"] is True
+    assert wait_gone(out["status"]["pid"])
+    assert went_through_sidecar(trace_server)
+    assert WARNING not in proc.stderr
+    assert os.listdir(env["XDG_RUNTIME_DIR"]) == []
+
+
+def test_raising_op_is_stored_with_its_exception(
+    trace_server: TraceServer, project_id: str, env: dict[str, str]
+) -> None:
+    out = last_json(run_script("traced.py", env, project_id, "3", "--enable"))
+    failed = [c for c in trace_server.calls(project_id) if c["exception"]]
+    assert len(failed) == 3
+    assert all("boom" in c["exception"] for c in failed)
+    assert {c["id"] for c in failed} <= set(out["ids"])
+
+
+def test_variable_unset_means_no_sidecar_and_no_warning(
+    trace_server: TraceServer, project_id: str, env: dict[str, str]
+) -> None:
+    del env["WEAVE_USE_SIDECAR"]
+    proc = run_script("traced.py", env, project_id, "5")
+    out = last_json(proc)
+    assert out["status"] is None
+    assert_exactly_once(trace_server, project_id, out["ids"])
+    assert WARNING not in proc.stderr
+    assert not went_through_sidecar(trace_server)
+
+
+def _silent_binary(directory: str) -> str:
+    path = os.path.join(directory, "silent-sidecar")
+    with open(path, "w") as f:
+        f.write("#!/bin/sh\nexec sleep 60\n")
+    os.chmod(path, 0o755)
+    return path
+
+
+@pytest.mark.parametrize(
+    "case", ["binary-missing", "handshake-timeout", "socket-dir-unusable", "killed"]
+)
+def test_fallback_delivers_everything_and_warns_once(
+    trace_server: TraceServer, project_id: str, env: dict[str, str], case: str
+) -> None:
+    args = [project_id, "20", "--enable"]
+    if case == "binary-missing":
+        env["WEAVE_SIDECAR_BIN"] = "/nonexistent/weave-sidecar"
+    elif case == "handshake-timeout":
+        env["WEAVE_SIDECAR_BIN"] = _silent_binary(env["XDG_RUNTIME_DIR"])
+        env["WEAVE_SIDECAR_START_TIMEOUT"] = "0.5"
+    elif case == "socket-dir-unusable":
+        env["XDG_RUNTIME_DIR"] = "/proc/no-such-dir"
+    else:
+        args += ["--kill-sidecar-after", "7"]
+    proc = run_script("traced.py", env, *args)
+    out = last_json(proc)
+    assert trace_server.missing(out["ids"]) == {"start": [], "end": []}
+    if case != "killed":
+        # A killed sidecar may have delivered calls it had not yet reported.
+        assert trace_server.duplicates() == []
+    stored = {c["id"] for c in trace_server.calls(project_id)}
+    assert set(out["ids"]) <= stored
+    assert out["read_back"] == len(out["ids"])
+    assert proc.stderr.count(WARNING) == 1, proc.stderr
+    assert "unset WEAVE_USE_SIDECAR" in proc.stderr
+
+
+@pytest.mark.parametrize("mode", ["fork", "spawn", "osfork"])
+def test_forked_and_spawned_children(
+    trace_server: TraceServer, project_id: str, env: dict[str, str], mode: str
+) -> None:
+    if mode != "spawn":
+        # weave 0.54's own thread pool does not work in a forked child.
+        env["WEAVE_CLIENT_PARALLELISM"] = "0"
+    proc = run_script("fork_workers.py", env, project_id, mode, "--enable")
+    ids = last_json(proc)["ids"]
+    children = 1 if mode == "osfork" else 3
+    assert len(ids) == 10 + 10 * children
+    assert_exactly_once(trace_server, project_id, ids)
+    assert WARNING not in proc.stderr
+    assert went_through_sidecar(trace_server)
+
+
+def test_sigint_to_the_process_group_delivers_the_end(
+    trace_server: TraceServer, project_id: str, env: dict[str, str]
+) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, str(SCRIPTS / "interrupted.py"), project_id, "--enable"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    assert line.startswith("CALL "), proc.stderr.read() if proc.stderr else ""
+    call_id = line.split()[1]
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode != 0
+    assert "KeyboardInterrupt" in err
+    (call,) = [c for c in trace_server.calls(project_id) if c["id"] == call_id]
+    assert call["_has_end"]
+    assert "KeyboardInterrupt" in (call["exception"] or "")
+    assert went_through_sidecar(trace_server)
