@@ -11,9 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sidecar_bin import sidecar_bin
-
 import weave_sidecar
+from sidecar_bin import sidecar_bin
 from weave_sidecar._find import find_in
 from weave_sidecar._link import normalize_url
 from weave_sidecar._process import SidecarProcess, make_socket_dir

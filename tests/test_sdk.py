@@ -14,9 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sidecar_bin import sidecar_bin
-
 import weave_sidecar
+from sidecar_bin import sidecar_bin
 from weave_sidecar.testing import TraceServer
 
 pytestmark = pytest.mark.timeout(180)
