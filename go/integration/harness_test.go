@@ -102,6 +102,7 @@ type Backend struct {
 
 	mu       sync.Mutex
 	requests []*Request // guarded by mu
+	arrivals int        // guarded by mu; numbers requests as they arrive
 	script   func(req *Request) Reply
 	stop     chan struct{}
 }
@@ -132,7 +133,8 @@ func (b *Backend) serve(w http.ResponseWriter, r *http.Request) {
 	req.Items = decodeBatch(body)
 
 	b.mu.Lock()
-	req.N = len(b.requests) + 1
+	b.arrivals++
+	req.N = b.arrivals
 	script := b.script
 	b.mu.Unlock()
 

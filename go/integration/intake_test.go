@@ -173,8 +173,10 @@ func TestConcurrentClientsExactlyOnce(t *testing.T) {
 func TestFlushStatsAndIDs(t *testing.T) {
 	be := NewBackend(t)
 	gate := make(chan struct{})
+	arrived := make(chan struct{})
 	be.Script(func(req *Request) Reply {
 		if req.N == 1 {
+			close(arrived)
 			<-gate // hold the first batch until the test lets it go
 		}
 		return Reply{}
@@ -220,6 +222,11 @@ func TestFlushStatsAndIDs(t *testing.T) {
 		assert.Equal(t, int64(0), *r.Resolved)
 	}
 	a.Send(t, `{"id":"f","method":"flush"}`) // cuts a batch of a1..a3 and waits
+	select {
+	case <-arrived:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the first batch never reached the backend")
+	}
 	b.Send(t, StartLine(intakeProject, "b1", 10), StartLine(intakeProject, "b2", 10))
 	b.ReadN(t, 2)
 
