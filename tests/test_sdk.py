@@ -206,3 +206,75 @@ def test_sigint_to_the_process_group_delivers_the_end(
     assert call["_has_end"]
     assert "KeyboardInterrupt" in (call["exception"] or "")
     assert went_through_sidecar(trace_server)
+
+
+def test_shared_sidecar_is_used_when_backend_matches(
+    trace_server: TraceServer, project_id: str, env: dict[str, str]
+) -> None:
+    path = os.path.join(env["XDG_RUNTIME_DIR"], "shared.sock")
+    shared = subprocess.Popen(
+        [sidecar_bin(), "--socket", path, "--backend", trace_server.url + "/"],
+        env={**env, "WANDB_API_KEY": env["WANDB_API_KEY"]},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        for _ in range(500):
+            if os.path.exists(path):
+                break
+            time.sleep(0.02)
+        env["WEAVE_SIDECAR_SOCKET"] = path
+        out = last_json(run_script("traced.py", env, project_id, "5", "--enable"))
+        assert out["status"]["shared"] is True
+        assert out["status"]["pid"] == shared.pid
+        assert_exactly_once(trace_server, project_id, out["ids"])
+        assert went_through_sidecar(trace_server)
+        assert shared.poll() is None  # a shared sidecar outlives its clients
+    finally:
+        shared.send_signal(signal.SIGTERM)
+        shared.wait(30)
+
+
+def _pth_installed() -> bool:
+    import site
+
+    dirs = [*site.getsitepackages(), site.getusersitepackages()]
+    return any(
+        os.path.exists(os.path.join(d, "weave_sidecar_autoload.pth")) for d in dirs
+    )
+
+
+@pytest.mark.skipif(not _pth_installed(), reason="package not installed with its .pth")
+def test_pth_hook_needs_no_code_change(
+    trace_server: TraceServer, project_id: str, env: dict[str, str]
+) -> None:
+    del env["PYTHONPATH"]  # the installed copy, .pth included
+    out = last_json(run_script("traced.py", env, project_id, "5"))
+    assert out["status"]["state"] == "open"
+    assert_exactly_once(trace_server, project_id, out["ids"])
+    assert went_through_sidecar(trace_server)
+
+
+@pytest.mark.skipif(not _pth_installed(), reason="package not installed with its .pth")
+def test_pth_hook_is_inert_when_unset(env: dict[str, str]) -> None:
+    del env["PYTHONPATH"]
+    del env["WEAVE_USE_SIDECAR"]
+    code = "import sys; print('weave_sidecar' in sys.modules, 'weave' in sys.modules)"
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert out.stdout.split() == ["False", "False"]
+    env["WEAVE_USE_SIDECAR"] = "true"
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    # The hook loads our small module, never weave itself.
+    assert out.stdout.split() == ["True", "False"]
