@@ -424,7 +424,7 @@ def format_block(mode: str, s: dict[str, Any], settings: Settings, runs: int) ->
         f"  p50 latency:     {s['latency_p50_ms']:.3f} ms",
         f"  p99 latency:     {s['latency_p99_ms']:.3f} ms",
         f"  Last op to exit: {s['last_op_to_exit_s']:.3f} s (flush and exit included)",
-        f"                   = exit hooks {s['exit_hooks_s']:.3f} s (slowest: "
+        f"                   = exit hooks {s['exit_hooks_s']:.3f} s (run 1 slowest: "
         + ", ".join(f"{n.rsplit('.', 1)[-1]} {t:.2f} s" for n, t in hooks)
         + f") + interpreter teardown {s['exit_teardown_s']:.3f} s",
         f"  End to end:      {s['end_to_end_s']:.3f} s "
