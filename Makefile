@@ -66,7 +66,11 @@ check: venv
 	$(PY) -m ruff check python tests examples benchmark.py setup.py
 	$(PY) -m mypy
 
-bench: install
+$(VENV)/.bench-deps: $(VENV)/.deps requirements-bench.txt
+	$(PY) -m pip install -q -r requirements-bench.txt
+	touch $@
+
+bench: install $(VENV)/.bench-deps
 	$(PY) benchmark.py --compare
 	cd go && $(GO) test -run='^$$' -bench=. -benchmem ./...
 
