@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import shutil
 import sys
 import tempfile
 
@@ -40,7 +41,7 @@ def main() -> None:
 
         weave_sidecar.enable()
     client = weave.init(project)
-    out_dir = tempfile.mkdtemp(prefix="wsc-test-")
+    out_dir = tempfile.mkdtemp(prefix="wst-fork-")
     ids = []
     for j in range(5):
         _, call = work.call(j)
@@ -79,6 +80,7 @@ def main() -> None:
     for name in os.listdir(out_dir):
         with open(os.path.join(out_dir, name)) as f:
             ids.extend(json.load(f))
+    shutil.rmtree(out_dir)
     client.flush()
     print(json.dumps({"ids": ids}), flush=True)
 
