@@ -62,8 +62,8 @@ test-py: install
 check: venv
 	test -z "$$(gofmt -l go)" || (gofmt -l go; exit 1)
 	cd go && $(GO) vet ./...
-	$(PY) -m ruff format --check python tests examples benchmark.py setup.py
-	$(PY) -m ruff check python tests examples benchmark.py setup.py
+	$(PY) -m ruff format --check python tests examples benchmarks scripts benchmark.py setup.py
+	$(PY) -m ruff check python tests examples benchmarks scripts benchmark.py setup.py
 	$(PY) -m mypy
 
 $(VENV)/.bench-deps: $(VENV)/.deps requirements-bench.txt

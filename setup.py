@@ -167,7 +167,8 @@ class PlatformWheel(bdist_wheel):
         try:
             return ("py3", "none", PLATFORM_TAGS[target])
         except KeyError:
-            raise SystemExit(f"weave-sidecar: no wheel tag for GOOS/GOARCH {target}")
+            message = f"weave-sidecar: no wheel tag for GOOS/GOARCH {target}"
+            raise SystemExit(message) from None
 
 
 setup(
