@@ -38,6 +38,20 @@ type Config struct {
 	MaxBodyBytes   int           // cap on one request body; zero means MaxRequestBytes, more is an error
 	Logger         *slog.Logger  // nil discards logs
 	Backoff        BackoffConfig // zero value means production defaults
+	// OnAttempt, when set, is called after every HTTP attempt that got an
+	// answer or a network error (not one cut short by shutdown), on the
+	// sender's goroutine; it must be quick. For metrics.
+	OnAttempt func(Attempt)
+}
+
+// Attempt describes one finished HTTP request, without its body.
+type Attempt struct {
+	Start    time.Time
+	Duration time.Duration
+	Status   int  // 0 for a network error or timeout
+	Retry    bool // the answer is retried: network error, 408, 429 or 5xx
+	Items    int
+	Bytes    int
 }
 
 // Client posts batches to the trace server. Send is meant to be called by
@@ -52,6 +66,7 @@ type Client struct {
 	backoff  BackoffConfig
 	log      *slog.Logger
 	hc       *http.Client
+	observe  func(Attempt) // nil when Config.OnAttempt is
 
 	mu            sync.Mutex // guards the fields below
 	failing       bool       // an outage streak is under way
@@ -103,6 +118,7 @@ func New(cfg Config) (*Client, error) {
 		maxBody:  cfg.MaxBodyBytes,
 		backoff:  cfg.Backoff.withDefaults(),
 		log:      lg.With("component", "backend", "host", u.Host),
+		observe:  cfg.OnAttempt,
 		hc: &http.Client{
 			Transport: tr,
 			// A redirected POST would be replayed as a GET: report the 3xx instead.

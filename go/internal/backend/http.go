@@ -119,7 +119,12 @@ func (c *Client) post(ctx context.Context, s *sendState, body []byte, items int)
 		if attempt > 1 {
 			s.report.Retries++
 		}
+		start := time.Now()
 		res := c.attempt(ctx, body, retryID, items, attempt)
+		if c.observe != nil && res.class != classShutdown {
+			c.observe(Attempt{Start: start, Duration: time.Since(start), Status: res.status,
+				Retry: res.class == classRetry, Items: items, Bytes: len(body)})
+		}
 		if res.class != classRetry {
 			c.answered(res)
 			return res

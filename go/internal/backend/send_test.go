@@ -481,3 +481,37 @@ func assertDistinctBodies(t *testing.T, reqs []received) {
 		seen[string(r.Body)] = true
 	}
 }
+
+func TestSendOnAttempt(t *testing.T) {
+	fb := newFakeBackend(t, func(n int, _ received) reply {
+		switch n {
+		case 0:
+			return reply{status: 503}
+		case 1:
+			return reply{hangup: true}
+		default:
+			return reply{status: 200, body: `{"res":[]}`}
+		}
+	})
+	var got []Attempt
+	c, _ := newTestClient(t, fb.srv.URL, func(cfg *Config) {
+		cfg.OnAttempt = func(a Attempt) { got = append(got, a) }
+	})
+
+	rep := c.Send(t.Context(), callItems(3))
+
+	require.Equal(t, 3, rep.Delivered)
+	require.Len(t, got, 3)
+	body := len(fb.requests()[0].Body)
+	for i, want := range []struct {
+		status int
+		retry  bool
+	}{{503, true}, {0, true}, {200, false}} {
+		assert.Equal(t, want.status, got[i].Status, "attempt %d", i)
+		assert.Equal(t, want.retry, got[i].Retry, "attempt %d", i)
+		assert.Equal(t, 3, got[i].Items, "attempt %d", i)
+		assert.Equal(t, body, got[i].Bytes, "attempt %d", i)
+		assert.False(t, got[i].Start.IsZero(), "attempt %d", i)
+		assert.GreaterOrEqual(t, got[i].Duration, time.Duration(0), "attempt %d", i)
+	}
+}
