@@ -15,6 +15,20 @@ var dropReasons = []backend.DropReason{
 	backend.DropCallsComplete, backend.DropShutdown,
 }
 
+// RejectReason says why a connection was closed before it could make any
+// request.
+type RejectReason string
+
+const (
+	RejectPeerUID     RejectReason = "peer_uid"     // the Unix peer runs as another user
+	RejectPeerUnknown RejectReason = "peer_unknown" // the Unix peer's credentials could not be read
+	RejectNoToken     RejectReason = "no_token"     // TCP: the first request was not a hello with a token
+	RejectBadToken    RejectReason = "bad_token"    // TCP: hello carried the wrong token
+)
+
+// rejectReasons lists every RejectReason, for counters.
+var rejectReasons = []RejectReason{RejectPeerUID, RejectPeerUnknown, RejectNoToken, RejectBadToken}
+
 // Stats are counters since the sidecar started. The zero value is ready to
 // use; all methods are safe for concurrent use.
 type Stats struct {
@@ -28,6 +42,7 @@ type Stats struct {
 
 	refused [16]atomic.Int64 // indexed like protocol.Codes
 	failed  [8]atomic.Int64  // indexed like dropReasons
+	reject  [4]atomic.Int64  // indexed like rejectReasons
 }
 
 // Refused counts one request refused with code.
@@ -45,6 +60,16 @@ func (s *Stats) Failed(reason backend.DropReason, n int) {
 	for i, r := range dropReasons {
 		if r == reason {
 			s.failed[i].Add(int64(n))
+			return
+		}
+	}
+}
+
+// Rejected counts one connection closed for reason.
+func (s *Stats) Rejected(reason RejectReason) {
+	for i, r := range rejectReasons {
+		if r == reason {
+			s.reject[i].Add(1)
 			return
 		}
 	}
@@ -80,6 +105,9 @@ type Snapshot struct {
 	HTTPRequests  int64            `json:"http_requests"`
 	Retries       int64            `json:"retries"`
 	Connections   int64            `json:"connections"`
+	// RejectedConnections counts connections closed before their first
+	// request was served, by RejectReason.
+	RejectedConnections map[string]int64 `json:"rejected_connections"`
 }
 
 // Snapshot reads every counter; q comes from the batcher.
@@ -103,6 +131,10 @@ func (s *Stats) Snapshot(q Queue) Snapshot {
 	}
 	for i, r := range dropReasons {
 		snap.Failed[string(r)] = s.failed[i].Load()
+	}
+	snap.RejectedConnections = make(map[string]int64, len(rejectReasons))
+	for i, r := range rejectReasons {
+		snap.RejectedConnections[string(r)] = s.reject[i].Load()
 	}
 	return snap
 }

@@ -29,3 +29,14 @@ func TestSnapshot(t *testing.T) {
 	assert.Equal(t, int64(4), s.FailedTotal())
 	assert.Equal(t, int64(100), snap.QueuedBytes)
 }
+
+func TestRejected(t *testing.T) {
+	var s Stats
+	s.Rejected(RejectPeerUID)
+	s.Rejected(RejectBadToken)
+	s.Rejected(RejectBadToken)
+
+	snap := s.Snapshot(Queue{})
+	assert.Equal(t, map[string]int64{"peer_uid": 1, "peer_unknown": 0, "no_token": 0, "bad_token": 2},
+		snap.RejectedConnections)
+}
