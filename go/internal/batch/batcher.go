@@ -58,6 +58,27 @@ type Config struct {
 	MaxQueueBytes int64
 	Stats         *stats.Stats // nil means counters are not kept
 	Logger        *slog.Logger // nil means slog.Default()
+	// OnCut, when set, is called each time a batch is cut, with the mutex
+	// held: it must be quick and must not call the Batcher. For metrics.
+	OnCut func(Cut)
+}
+
+// Trigger says why a batch was cut.
+type Trigger string
+
+const (
+	TriggerInterval Trigger = "interval" // the oldest call waited FlushInterval
+	TriggerCount    Trigger = "count"    // the batch reached MaxCount
+	TriggerBytes    Trigger = "bytes"    // the body reached MaxBytes
+	TriggerFlush    Trigger = "flush"    // a flush request
+	TriggerShutdown Trigger = "shutdown" // Close
+)
+
+// Cut describes one batch cut from the pending calls.
+type Cut struct {
+	Trigger Trigger
+	Items   int
+	Bytes   int // encoded request body size
 }
 
 // Tally counts one connection's calls. The zero value is ready to use.
@@ -194,7 +215,7 @@ func (b *Batcher) Add(t *Tally, it backend.Item) *protocol.Error {
 
 	// Cut first if this call would push the body over the limit.
 	if len(b.pending.items) > 0 && b.pendingBody+1+size > b.maxBody {
-		b.cutLocked()
+		b.cutLocked(TriggerBytes)
 	}
 	if len(b.pending.items) == 0 {
 		b.pendingBody = bodyOverhead + size
@@ -216,16 +237,22 @@ func (b *Batcher) Add(t *Tally, it backend.Item) *protocol.Error {
 	t.accepted.Add(1)
 	b.st.Accepted.Add(1)
 
-	if len(b.pending.items) >= b.cfg.MaxCount || b.pendingBody >= b.maxBody {
-		b.cutLocked()
+	switch {
+	case len(b.pending.items) >= b.cfg.MaxCount:
+		b.cutLocked(TriggerCount)
+	case b.pendingBody >= b.maxBody:
+		b.cutLocked(TriggerBytes)
 	}
 	return nil
 }
 
 // cutLocked moves the pending batch to the ready queue.
-func (b *Batcher) cutLocked() {
+func (b *Batcher) cutLocked(why Trigger) {
 	if len(b.pending.items) == 0 {
 		return
+	}
+	if b.cfg.OnCut != nil {
+		b.cfg.OnCut(Cut{Trigger: why, Items: len(b.pending.items), Bytes: b.pendingBody})
 	}
 	b.ready = append(b.ready, b.pending)
 	n := min(len(b.pending.items), b.cfg.MaxCount)
@@ -242,7 +269,7 @@ func (b *Batcher) cutLocked() {
 func (b *Batcher) Flush(ctx context.Context) error {
 	b.mu.Lock()
 	target := b.seq
-	b.cutLocked()
+	b.cutLocked(TriggerFlush)
 	if b.resolvedSeq >= target {
 		b.mu.Unlock()
 		return nil
@@ -272,7 +299,7 @@ func (b *Batcher) Queue() stats.Queue {
 func (b *Batcher) Close(ctx context.Context) Summary {
 	b.mu.Lock()
 	b.closed = true
-	b.cutLocked()
+	b.cutLocked(TriggerShutdown)
 	b.mu.Unlock()
 	close(b.stopTimer)
 	<-b.timerDone
@@ -302,7 +329,7 @@ func (b *Batcher) timerLoop() {
 		if len(b.pending.items) > 0 {
 			wait = b.cfg.FlushInterval - time.Since(b.pendingSince)
 			if wait <= 0 {
-				b.cutLocked()
+				b.cutLocked(TriggerInterval)
 				wait = -1
 			}
 		}
