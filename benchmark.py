@@ -155,31 +155,13 @@ class RunResult:
 def _child_env(
     backend: Backend, settings: Settings, mode: str, home: Path
 ) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        # WEAVE_SIDECAR_* pass through (WEAVE_SIDECAR_BIN, daemon settings).
-        if k.startswith("WEAVE_SIDECAR_")
-        or not k.startswith(("WEAVE_", "WANDB_", "WF_", "BENCH_"))
-        and k.lower() not in ("http_proxy", "all_proxy")
-    }
+    from weave_sidecar.testing import sdk_env  # on sys.path since Backend started
+
+    # WEAVE_SIDECAR_* pass through (WEAVE_SIDECAR_BIN, daemon settings).
+    env = sdk_env(backend.url, home, API_KEY, keep_prefixes=("WEAVE_SIDECAR_",))
+    env = {k: v for k, v in env.items() if not k.startswith("BENCH_")}
     env.update(
         PYTHONPATH=_pythonpath(),
-        HOME=str(home),
-        WANDB_CONFIG_DIR=str(home / ".config" / "wandb"),
-        WANDB_BASE_URL=backend.url,
-        WF_TRACE_SERVER_URL=backend.url,
-        WANDB_API_KEY=API_KEY,
-        WANDB_ERROR_REPORTING="false",
-        WEAVE_PRINT_CALL_LINK="false",
-        WEAVE_USE_SERVER_CACHE="false",
-        WEAVE_IMPLICITLY_PATCH_INTEGRATIONS="false",
-        WEAVE_ENABLE_DISK_FALLBACK="false",
-        # weave 0.54 has no switch for its PyPI update check: make it fail fast.
-        HTTPS_PROXY="http://127.0.0.1:9",
-        https_proxy="http://127.0.0.1:9",
-        NO_PROXY="127.0.0.1,localhost",
-        no_proxy="127.0.0.1,localhost",
         # A private sidecar per process, never a shared one left running here.
         WEAVE_SIDECAR_SOCKET=str(home / "no-shared-sidecar.sock"),
         BENCH_PROJECT=settings.project,

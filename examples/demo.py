@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -34,10 +33,10 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 try:
-    from weave_sidecar.testing import ControlClient, TraceServer
+    from weave_sidecar.testing import ControlClient, TraceServer, sdk_env
 except ImportError:  # run from a source tree that is not installed
     sys.path.insert(0, str(HERE.parent / "python"))
-    from weave_sidecar.testing import ControlClient, TraceServer
+    from weave_sidecar.testing import ControlClient, TraceServer, sdk_env
 
 SIDECAR_AGENT = "weave-sidecar/"
 ENTITY = "sidecar-demo"
@@ -53,26 +52,7 @@ def trace_server(backend: str | None) -> Iterator[ControlClient]:
 
 
 def workload_env(url: str, home: str, direct: bool) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("WEAVE_", "WANDB_", "WF_"))
-    }
-    env.update(
-        WANDB_BASE_URL=url,
-        WF_TRACE_SERVER_URL=url,
-        WANDB_API_KEY="sidecar-demo-key",
-        HOME=home,
-        WANDB_ERROR_REPORTING="false",
-        WEAVE_PRINT_CALL_LINK="false",
-        WEAVE_USE_SERVER_CACHE="false",
-        WEAVE_IMPLICITLY_PATCH_INTEGRATIONS="false",
-        # weave's PyPI update check has no off switch: send it to a closed port.
-        HTTPS_PROXY="http://127.0.0.1:9",
-        https_proxy="http://127.0.0.1:9",
-        NO_PROXY="127.0.0.1,localhost",
-        no_proxy="127.0.0.1,localhost",
-    )
+    env = sdk_env(url, home, "sidecar-demo-key")
     if not direct:
         env["WEAVE_USE_SIDECAR"] = "true"
     return env

@@ -54,7 +54,7 @@ try:
 except ImportError:  # not installed: use the source tree
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python"))
 
-from weave_sidecar.testing import TEST_USERNAME, TraceServer
+from weave_sidecar.testing import TEST_USERNAME, TraceServer, sdk_env
 
 TEST_ENTITY = TEST_USERNAME  # never "wandb": that entity is forced into another mode
 TEST_API_KEY = "sidecar-test-key-0123456789"
@@ -85,30 +85,7 @@ def project_id(request: pytest.FixtureRequest) -> str:
 
 def weave_env_for(url: str, home: Path) -> dict[str, str]:
     """The environment weave_env builds, for a server at url (importable helper)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(_SCRUBBED_PREFIXES)}
-    env.update(
-        WANDB_BASE_URL=url,
-        WF_TRACE_SERVER_URL=url,
-        WANDB_API_KEY=TEST_API_KEY,
-        HOME=str(home),
-        WANDB_CONFIG_DIR=str(home / ".config" / "wandb"),
-        WANDB_ERROR_REPORTING="false",
-        WEAVE_PRINT_CALL_LINK="false",
-        WEAVE_USE_SERVER_CACHE="false",
-        WEAVE_IMPLICITLY_PATCH_INTEGRATIONS="false",
-        WEAVE_ENABLE_DISK_FALLBACK="false",
-        # No setting turns off weave's PyPI update check: send it to a closed port.
-        HTTPS_PROXY="http://127.0.0.1:9",
-        https_proxy="http://127.0.0.1:9",
-        NO_PROXY="127.0.0.1,localhost",
-        no_proxy="127.0.0.1,localhost",
-        PYTHONUNBUFFERED="1",
-    )
-    env.pop("HTTP_PROXY", None)
-    env.pop("http_proxy", None)
-    env.pop("ALL_PROXY", None)
-    env.pop("all_proxy", None)
-    return env
+    return sdk_env(url, home, TEST_API_KEY)
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ bodies with the SDK's own validators when it is installed.
 from __future__ import annotations
 
 from ._control import ControlClient
+from ._env import sdk_env
 from ._faults import Faults, Response
 from ._server import TEST_USERNAME, TraceServer
 from ._validate import sdk_validation_available
@@ -24,5 +25,6 @@ __all__ = [
     "Faults",
     "Response",
     "TraceServer",
+    "sdk_env",
     "sdk_validation_available",
 ]
