@@ -86,6 +86,36 @@ type Tally struct {
 	accepted  atomic.Int64
 	delivered atomic.Int64
 	failed    atomic.Int64
+
+	nReturned atomic.Int64 // len(returned), read without retMu on every ack
+	retMu     sync.Mutex
+	returned  []int64 // guarded by retMu; ordinals not yet taken
+}
+
+// TakeReturned removes and returns the ordinals (1 = the first call this
+// connection had accepted) of calls that were dropped because the trace
+// server refused the key (401/403) or the project's write path
+// (calls-complete mode): the client can still send those itself. Each
+// ordinal is returned once. An ordinal is recorded before it counts in
+// Resolved, so a caller that reads Resolved first and then calls
+// TakeReturned has been given every returned ordinal Resolved covers.
+func (t *Tally) TakeReturned() []int64 {
+	if t.nReturned.Load() == 0 {
+		return nil
+	}
+	t.retMu.Lock()
+	defer t.retMu.Unlock()
+	out := t.returned
+	t.returned = nil
+	t.nReturned.Store(0)
+	return out
+}
+
+func (t *Tally) addReturned(ord int64) {
+	t.retMu.Lock()
+	t.returned = append(t.returned, ord)
+	t.nReturned.Store(int64(len(t.returned)))
+	t.retMu.Unlock()
 }
 
 // Accepted returns the calls accepted from this connection.
@@ -104,8 +134,9 @@ func (t *Tally) Resolved() int64 { return t.delivered.Load() + t.failed.Load() }
 type batch struct {
 	items   []backend.Item
 	tallies []*Tally
-	bytes   int64 // sum of ItemBytes
-	seq     int64 // sequence number of the last item
+	ords    []int64 // each item's ordinal within its connection (Tally)
+	bytes   int64   // sum of ItemBytes
+	seq     int64   // sequence number of the last item
 }
 
 type waiter struct {
@@ -230,11 +261,11 @@ func (b *Batcher) Add(t *Tally, it backend.Item) *protocol.Error {
 	b.seq++
 	b.pending.items = append(b.pending.items, it)
 	b.pending.tallies = append(b.pending.tallies, t)
+	b.pending.ords = append(b.pending.ords, t.accepted.Add(1))
 	b.pending.bytes += int64(size)
 	b.pending.seq = b.seq
 	b.queueBytes += int64(size)
 	b.queueItems++
-	t.accepted.Add(1)
 	b.st.Accepted.Add(1)
 
 	switch {
@@ -256,7 +287,7 @@ func (b *Batcher) cutLocked(why Trigger) {
 	}
 	b.ready = append(b.ready, b.pending)
 	n := min(len(b.pending.items), b.cfg.MaxCount)
-	b.pending = batch{items: make([]backend.Item, 0, n), tallies: make([]*Tally, 0, n)}
+	b.pending = batch{items: make([]backend.Item, 0, n), tallies: make([]*Tally, 0, n), ords: make([]int64, 0, n)}
 	b.pendingBody = 0
 	select {
 	case b.kickSender <- struct{}{}:
@@ -404,6 +435,9 @@ func (b *Batcher) finish(bt batch, rep backend.Report) {
 	byReason := make(map[backend.DropReason]int)
 	for i, t := range bt.tallies {
 		if reason, ok := dropped[i]; ok {
+			if reason == backend.DropUnauthorized || reason == backend.DropCallsComplete {
+				t.addReturned(bt.ords[i])
+			}
 			t.failed.Add(1)
 			byReason[reason]++
 		} else {

@@ -296,3 +296,40 @@ func TestCloseDeadlineDropsTheRest(t *testing.T) {
 	// At most the first batch reached the sender; the rest were dropped unsent.
 	assert.LessOrEqual(t, len(rec.ids()), 1)
 }
+
+func TestReturnedOrdinals(t *testing.T) {
+	// Calls dropped for 401/403 or calls-complete mode come back by their
+	// ordinal on their own connection; rejected ones (400) do not.
+	rec := &recorder{reply: func(items []backend.Item) backend.Report {
+		var rep backend.Report
+		for i, it := range items {
+			switch {
+			case strings.HasPrefix(it.ID, "cc"):
+				rep.Dropped = append(rep.Dropped, backend.Drop{Index: i, Reason: backend.DropCallsComplete})
+			case strings.HasPrefix(it.ID, "bad"):
+				rep.Dropped = append(rep.Dropped, backend.Drop{Index: i, Reason: backend.DropRejected})
+			case strings.HasPrefix(it.ID, "deny"):
+				rep.Dropped = append(rep.Dropped, backend.Drop{Index: i, Reason: backend.DropUnauthorized})
+			default:
+				rep.Delivered++
+			}
+		}
+		return rep
+	}}
+	b, _ := newBatcher(t, rec, nil)
+	defer b.Close(context.Background())
+	var one, two Tally
+	for _, add := range []struct {
+		t  *Tally
+		id string
+	}{{&one, "ok1"}, {&two, "cc1"}, {&one, "cc2"}, {&one, "bad1"}, {&two, "ok2"}, {&one, "deny1"}, {&two, "cc3"}} {
+		require.Nil(t, b.Add(add.t, item(add.id, 50)))
+	}
+	assert.Nil(t, one.TakeReturned(), "nothing resolved yet")
+	require.NoError(t, b.Flush(context.Background()))
+
+	assert.Equal(t, []int64{2, 4}, one.TakeReturned())
+	assert.Equal(t, []int64{1, 3}, two.TakeReturned())
+	assert.Nil(t, one.TakeReturned(), "each ordinal is returned once")
+	assert.Equal(t, int64(4), one.Resolved())
+}

@@ -244,7 +244,9 @@ func (s *Server) handle(cn *conn, w *writer, line []byte, req *protocol.Request,
 			s.cfg.Stats.Refused(perr.Code)
 			return protocol.AppendError(out, req.ID, perr)
 		}
-		return protocol.AppendAck(out, req.ID, cn.tally.Resolved())
+		// Resolved first: every returned call it counts is then taken below.
+		resolved := cn.tally.Resolved()
+		return protocol.AppendAckReturned(out, req.ID, resolved, cn.tally.TakeReturned())
 
 	case protocol.MethodHello:
 		if perr := protocol.CheckHello(req.Payload); perr != nil {
@@ -269,6 +271,7 @@ func (s *Server) handle(cn *conn, w *writer, line []byte, req *protocol.Request,
 		res = strconv.AppendInt(res, cn.tally.Failed(), 10)
 		res = append(res, `,"resolved":`...)
 		res = strconv.AppendInt(res, cn.tally.Resolved(), 10)
+		res = protocol.AppendReturned(res, cn.tally.TakeReturned())
 		res = append(res, '}')
 		return protocol.AppendResult(out, req.ID, res)
 

@@ -55,6 +55,7 @@ func TestResponses(t *testing.T) {
 	}{
 		{"ack", AppendAck(nil, []byte("7"), 41), `{"id":7,"success":true,"resolved":41}` + "\n"},
 		{"ack without id", AppendAck(nil, nil, 0), `{"success":true,"resolved":0}` + "\n"},
+		{"ack returned", AppendAckReturned(nil, nil, 4, []int64{1, 3}), `{"success":true,"resolved":4,"returned":[1,3]}` + "\n"},
 		{"result", AppendResult(nil, []byte(`"x"`), []byte(`{"a":1}`)), `{"id":"x","success":true,"result":{"a":1}}` + "\n"},
 		{"error", AppendError(nil, nil, Errorf(CodeQueueFull, "queue \"full\" <%d>", 3)),
 			`{"success":false,"code":"queue_full","error":"queue \"full\" \u003c3\u003e"}` + "\n"},

@@ -54,10 +54,32 @@ func appendID(dst, id []byte) []byte {
 
 // AppendAck appends the response line for an accepted call.
 func AppendAck(dst, id []byte, resolved int64) []byte {
+	return AppendAckReturned(dst, id, resolved, nil)
+}
+
+// AppendAckReturned appends the response line for an accepted call, with
+// the ordinals of returned calls when there are any (see docs/protocol.md).
+func AppendAckReturned(dst, id []byte, resolved int64, returned []int64) []byte {
 	dst = appendID(dst, id)
 	dst = append(dst, `"success":true,"resolved":`...)
 	dst = strconv.AppendInt(dst, resolved, 10)
+	dst = AppendReturned(dst, returned)
 	return append(dst, "}\n"...)
+}
+
+// AppendReturned appends `,"returned":[...]` when returned is not empty.
+func AppendReturned(dst []byte, returned []int64) []byte {
+	if len(returned) == 0 {
+		return dst
+	}
+	dst = append(dst, `,"returned":[`...)
+	for i, n := range returned {
+		if i > 0 {
+			dst = append(dst, ',')
+		}
+		dst = strconv.AppendInt(dst, n, 10)
+	}
+	return append(dst, ']')
 }
 
 // AppendResult appends a success line carrying result, which must be a
