@@ -6,11 +6,13 @@ reader thread matches the in-order responses against a FIFO of what was sent.
 
 Every call stays in memory until the sidecar reports it `resolved` (delivered
 or dropped), in a buffer bounded by count and bytes. When the sidecar refuses a
-single call (`queue_full`, `call_too_large`, `line_too_long`) that call is
-handed to `on_refused`. When the sidecar becomes unusable (the connection
-breaks, it dies, or it answers `unauthorized`, `calls_complete_mode_required`,
-`shutting_down`, ...) the client closes and hands every call it still holds to
-`on_failed`, oldest first, so the caller can send them another way.
+single call (`queue_full`, `call_too_large`, `line_too_long`, `unauthorized`,
+`calls_complete_mode_required`) that call is handed to `on_refused`, and so is
+each accepted call the sidecar reports `returned` (dropped for a 401/403 or a
+calls-complete project: see docs/protocol.md). When the sidecar becomes
+unusable (the connection breaks, it dies, or it answers `shutting_down`, ...)
+the client closes and hands every call it still holds to `on_failed`, oldest
+first, so the caller can send them another way.
 
 A call the sidecar delivered just before dying, but had not yet reported as
 resolved, is handed back too and can therefore reach the trace server twice;
@@ -45,8 +47,14 @@ PER_CALL_CODES = frozenset(
         "line_too_long",
         "invalid_request",
         "unknown_method",
+        # The sidecar keeps delivering what it accepted; what it drops for
+        # these reasons comes back in `returned`.
+        "unauthorized",
+        "calls_complete_mode_required",
     }
 )
+# The code `on_refused` gets for a call the sidecar accepted, then returned.
+RETURNED = "returned"
 # A live sidecar that is draining keeps the calls it acknowledged.
 _DRAINING_CODE = "shutting_down"
 
@@ -150,7 +158,9 @@ class Client:
         self._sent: deque[list[Any]] = (
             deque()
         )  # [kind, token, size] awaiting a response
-        self._accepted: deque[list[Any]] = deque()  # acked calls not yet resolved
+        # Acked calls not yet resolved: [kind, token, size, ordinal]; the token
+        # is None once the call was returned.
+        self._accepted: deque[list[Any]] = deque()
         self._accepted_count = 0  # calls acked on this connection
         self._resolved_count = 0
         self._held_items = 0
@@ -271,6 +281,23 @@ class Client:
             self._held_items -= 1
             self._held_bytes -= entry[2]
 
+    def _apply_returned_locked(self, returned: Any) -> None:
+        # Ordinals count this connection's acked calls from 1; the oldest
+        # unresolved one is _accepted[0]. Returned calls are still counted in
+        # `resolved` later, so they stay in _accepted until then.
+        if not isinstance(returned, list) or not self._accepted:
+            return
+        first = self._accepted[0][3]
+        for ordinal in returned:
+            if not isinstance(ordinal, int):
+                continue
+            i = ordinal - first
+            if 0 <= i < len(self._accepted):
+                entry = self._accepted[i]
+                token, entry[1] = entry[1], None
+                if token is not None:
+                    self._on_refused(token, RETURNED)
+
     def _handle_locked(self, resp: Any) -> None:
         if not self._sent:
             raise SidecarProtocolError("a response arrived for no request")
@@ -282,13 +309,16 @@ class Client:
             waiter = entry[1]
             if ok:
                 result = resp.get("result") or {}
+                self._apply_returned_locked(result.get("returned"))
                 self._apply_resolved_locked(result.get("resolved"))
             waiter.ok = ok
             waiter.event.set()
             return
         if ok:
-            self._accepted.append(entry)
             self._accepted_count += 1
+            entry.append(self._accepted_count)
+            self._accepted.append(entry)
+            self._apply_returned_locked(resp.get("returned"))
             self._apply_resolved_locked(resp.get("resolved"))
             return
         self._held_items -= 1
@@ -313,7 +343,7 @@ class Client:
         self._open = False
         tokens: list[Any] = []
         if not self._draining:
-            tokens.extend(entry[1] for entry in self._accepted)
+            tokens.extend(e[1] for e in self._accepted if e[1] is not None)
         for kind, token, _ in self._sent:
             if kind == _CALL:
                 tokens.append(token)
