@@ -7,11 +7,20 @@
 // the next call would push its body over the byte limit. Cut batches wait in
 // an ordered queue, bounded by MaxQueueBytes, while the sender delivers one
 // batch at a time, so a batch being retried is never overtaken.
+//
+// With a spool (Config.Spool), every accepted call is appended to it first,
+// and MaxQueueBytes bounds only the calls held in memory: calls that do not
+// fit, and calls left by an earlier run, wait on disk and are loaded in
+// order as memory frees up. Accounting, for calls:
+//
+//	accepted + replayed = delivered + dropped + queued (in memory, in flight included) + spooled (on disk only)
 package batch
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"sync"
 	"sync/atomic"
@@ -19,6 +28,7 @@ import (
 
 	"github.com/weave-sidecar/weave-sidecar/go/internal/backend"
 	"github.com/weave-sidecar/weave-sidecar/go/internal/protocol"
+	"github.com/weave-sidecar/weave-sidecar/go/internal/spool"
 	"github.com/weave-sidecar/weave-sidecar/go/internal/stats"
 )
 
@@ -55,9 +65,15 @@ type Config struct {
 	MaxBytes int
 	// MaxQueueBytes bounds the encoded bytes of accepted calls not yet
 	// resolved; intake refuses with queue_full beyond it.
+	// With a Spool it bounds only the calls held in memory.
 	MaxQueueBytes int64
-	Stats         *stats.Stats // nil means counters are not kept
-	Logger        *slog.Logger // nil means slog.Default()
+	// Spool, when set, makes an ack mean "on disk" (see Durable) and holds
+	// calls beyond MaxQueueBytes; intake refuses with spool_full when it is
+	// full. Records it holds from an earlier run are delivered first. The
+	// caller closes it after Close.
+	Spool  *spool.Spool
+	Stats  *stats.Stats // nil means counters are not kept
+	Logger *slog.Logger // nil means slog.Default()
 	// OnCut, when set, is called each time a batch is cut, with the mutex
 	// held: it must be quick and must not call the Batcher. For metrics.
 	OnCut func(Cut)
@@ -133,10 +149,20 @@ func (t *Tally) Resolved() int64 { return t.delivered.Load() + t.failed.Load() }
 
 type batch struct {
 	items   []backend.Item
-	tallies []*Tally
-	ords    []int64 // each item's ordinal within its connection (Tally)
-	bytes   int64   // sum of ItemBytes
-	seq     int64   // sequence number of the last item
+	tallies []*Tally // nil entries for calls replayed from an earlier run
+	ords    []int64  // each item's ordinal within its connection (Tally)
+	bytes   int64    // sum of ItemBytes
+	seq     int64    // sequence number of the last item
+	pos     spool.Pos
+	spooled bool // pos is set
+}
+
+// tallyRun is n consecutive calls waiting on disk from one connection,
+// the first with ordinal ord.
+type tallyRun struct {
+	t   *Tally
+	ord int64
+	n   int64
 }
 
 type waiter struct {
@@ -172,6 +198,14 @@ type Batcher struct {
 	queueItems   int64               // guarded by mu
 	inFlight     int64               // guarded by mu
 	waiters      []waiter            // guarded by mu
+	// Calls on disk only, in order: first replayed ones (no connection),
+	// then this run's, whose connections are kept run-length encoded so
+	// memory grows with connection switches, not with calls.
+	replayWaiting int64      // guarded by mu
+	diskTallies   []tallyRun // guarded by mu
+	memSeq        int64      // guarded by mu; last sequence number brought into memory
+	keptInSpool   int64      // guarded by mu; cut short at shutdown, left for the next start
+	draining      bool       // guarded by mu; the loader has stopped, the sender may finish
 
 	delivered   atomic.Int64
 	dropped     atomic.Int64
@@ -179,8 +213,11 @@ type Batcher struct {
 
 	kickTimer  chan struct{} // pending went from empty to non-empty
 	kickSender chan struct{} // ready has a batch, or closed
+	kickLoader chan struct{} // memory freed, or calls went to disk
 	stopTimer  chan struct{}
 	timerDone  chan struct{}
+	stopLoader chan struct{}
+	loaderDone chan struct{}
 	senderDone chan struct{}
 	sendCtx    context.Context
 	cancelSend context.CancelFunc
@@ -201,8 +238,11 @@ func New(cfg Config) (*Batcher, error) {
 		refused:    make(map[string]struct{}),
 		kickTimer:  make(chan struct{}, 1),
 		kickSender: make(chan struct{}, 1),
+		kickLoader: make(chan struct{}, 1),
 		stopTimer:  make(chan struct{}),
 		timerDone:  make(chan struct{}),
+		stopLoader: make(chan struct{}),
+		loaderDone: make(chan struct{}),
 		senderDone: make(chan struct{}),
 	}
 	if b.log == nil {
@@ -212,6 +252,15 @@ func New(cfg Config) (*Batcher, error) {
 		b.st = &stats.Stats{}
 	}
 	b.sendCtx, b.cancelSend = context.WithCancel(context.Background())
+	if cfg.Spool != nil {
+		// Replayed calls come first: sequence numbers 1..n.
+		n := cfg.Spool.Usage().Waiting
+		b.replayWaiting, b.seq = n, n
+		go b.loadLoop()
+		b.kick(b.kickLoader)
+	} else {
+		close(b.loaderDone)
+	}
 	go b.timerLoop()
 	go b.sendLoop()
 	return b, nil
@@ -221,6 +270,15 @@ func New(cfg Config) (*Batcher, error) {
 // call_too_large, shutting_down, unauthorized, calls_complete_mode_required
 // or queue_full. It never waits for delivery.
 func (b *Batcher) Add(t *Tally, it backend.Item) *protocol.Error {
+	b.st.CallsReceived.Add(1)
+	perr := b.add(t, it)
+	if perr != nil {
+		b.st.CallsRefused.Add(1)
+	}
+	return perr
+}
+
+func (b *Batcher) add(t *Tally, it backend.Item) *protocol.Error {
 	size := ItemBytes(it)
 	if size+bodyOverhead > protocol.MaxBodyBytes {
 		return protocol.Errorf(protocol.CodeCallTooLarge,
@@ -239,11 +297,60 @@ func (b *Batcher) Add(t *Tally, it backend.Item) *protocol.Error {
 		return protocol.Errorf(protocol.CodeCallsCompleteMode,
 			"project %q requires the calls-complete write path, which this sidecar does not speak", it.ProjectID)
 	}
-	if b.queueBytes+int64(size) > b.cfg.MaxQueueBytes {
+	fits := b.queueBytes+int64(size) <= b.cfg.MaxQueueBytes
+	if b.cfg.Spool != nil {
+		return b.addSpooledLocked(t, it, size, fits)
+	}
+	if !fits {
 		return protocol.Errorf(protocol.CodeQueueFull,
 			"queue full: %d bytes of calls are waiting for delivery", b.queueBytes)
 	}
+	b.seq++
+	b.memSeq = b.seq
+	b.pushLocked(t, t.accepted.Add(1), it, size, spool.Pos{}, false)
+	b.st.Accepted.Add(1)
+	return nil
+}
 
+// addSpooledLocked appends it to the spool and keeps it in memory when it
+// fits and no call is waiting on disk before it.
+func (b *Batcher) addSpooledLocked(t *Tally, it backend.Item, size int, fits bool) *protocol.Error {
+	pos, inMemory, err := b.cfg.Spool.Append(it, fits)
+	if errors.Is(err, spool.ErrFull) {
+		u := b.cfg.Spool.Usage()
+		return protocol.Errorf(protocol.CodeSpoolFull,
+			"spool full: %d of %d bytes on disk hold calls waiting for delivery", u.Bytes, u.MaxBytes)
+	}
+	if err != nil {
+		return protocol.Errorf(protocol.CodeSpoolFull, "spool write failed: %v", err)
+	}
+	b.seq++
+	ord := t.accepted.Add(1)
+	b.st.Accepted.Add(1)
+	if inMemory {
+		b.memSeq = b.seq
+		b.pushLocked(t, ord, it, size, pos, true)
+		return nil
+	}
+	if n := len(b.diskTallies); n > 0 && b.diskTallies[n-1].t == t {
+		b.diskTallies[n-1].n++
+	} else {
+		b.diskTallies = append(b.diskTallies, tallyRun{t: t, ord: ord, n: 1})
+	}
+	b.kick(b.kickLoader)
+	return nil
+}
+
+func (b *Batcher) kick(ch chan struct{}) {
+	select {
+	case ch <- struct{}{}:
+	default:
+	}
+}
+
+// pushLocked adds an accepted call, sequence number b.memSeq, to the
+// pending batch.
+func (b *Batcher) pushLocked(t *Tally, ord int64, it backend.Item, size int, pos spool.Pos, spooled bool) {
 	// Cut first if this call would push the body over the limit.
 	if len(b.pending.items) > 0 && b.pendingBody+1+size > b.maxBody {
 		b.cutLocked(TriggerBytes)
@@ -258,15 +365,14 @@ func (b *Batcher) Add(t *Tally, it backend.Item) *protocol.Error {
 	} else {
 		b.pendingBody += 1 + size
 	}
-	b.seq++
 	b.pending.items = append(b.pending.items, it)
 	b.pending.tallies = append(b.pending.tallies, t)
-	b.pending.ords = append(b.pending.ords, t.accepted.Add(1))
+	b.pending.ords = append(b.pending.ords, ord)
 	b.pending.bytes += int64(size)
-	b.pending.seq = b.seq
+	b.pending.seq = b.memSeq
+	b.pending.pos, b.pending.spooled = pos, spooled
 	b.queueBytes += int64(size)
 	b.queueItems++
-	b.st.Accepted.Add(1)
 
 	switch {
 	case len(b.pending.items) >= b.cfg.MaxCount:
@@ -274,7 +380,113 @@ func (b *Batcher) Add(t *Tally, it backend.Item) *protocol.Error {
 	case b.pendingBody >= b.maxBody:
 		b.cutLocked(TriggerBytes)
 	}
-	return nil
+}
+
+// Durable returns w for writing acks: with a spool, each write first makes
+// every call appended so far durable (one fsync shared by all connections
+// writing at the time), so no ack leaves before its call is on disk. If the
+// fsync fails, the write fails and the connection ends without those acks.
+func (b *Batcher) Durable(w io.Writer) io.Writer {
+	if b.cfg.Spool == nil {
+		return w
+	}
+	return durableWriter{w: w, sp: b.cfg.Spool}
+}
+
+type durableWriter struct {
+	w  io.Writer
+	sp *spool.Spool
+}
+
+func (d durableWriter) Write(p []byte) (int, error) {
+	if err := d.sp.Sync(); err != nil {
+		return 0, err
+	}
+	return d.w.Write(p)
+}
+
+// loadLoop brings calls waiting on disk into memory, in order, while there
+// is room under MaxQueueBytes.
+func (b *Batcher) loadLoop() {
+	defer close(b.loaderDone)
+	for {
+		select {
+		case <-b.kickLoader:
+		case <-b.stopLoader:
+			return
+		}
+		for {
+			b.mu.Lock()
+			room := b.cfg.MaxQueueBytes - b.queueBytes
+			b.mu.Unlock()
+			if room <= 0 {
+				break
+			}
+			recs, lost, err := b.cfg.Spool.Next(room)
+			if err != nil {
+				// The records stay on disk for the next start.
+				b.log.Error("cannot read the spool; calls on disk wait for a restart", "err", err)
+				return
+			}
+			if len(recs) == 0 && lost == 0 {
+				break
+			}
+			b.load(recs, lost)
+			select {
+			case <-b.stopLoader:
+				return
+			default:
+			}
+		}
+	}
+}
+
+// load queues calls read back from the spool.
+func (b *Batcher) load(recs []spool.Loaded, lost int64) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for _, r := range recs {
+		b.memSeq++
+		t, ord := b.popTallyLocked()
+		b.pushLocked(t, ord, r.Item, ItemBytes(r.Item), r.Pos, true)
+	}
+	if lost == 0 {
+		return
+	}
+	// Damaged records acked in this run: counted as dropped at once, and
+	// resolved in order behind the batches before them by an empty batch.
+	b.log.Error("calls acked in this run could not be read back from the spool", "dropped", lost)
+	b.cutLocked(TriggerFlush)
+	for range lost {
+		b.memSeq++
+		if t, _ := b.popTallyLocked(); t != nil {
+			t.failed.Add(1)
+		}
+	}
+	b.st.Failed(spool.DropCorrupt, int(lost))
+	b.dropped.Add(lost)
+	b.ready = append(b.ready, batch{seq: b.memSeq})
+	b.kick(b.kickSender)
+}
+
+// popTallyLocked returns the connection and ordinal of the next call on
+// disk (nil for a replayed one).
+func (b *Batcher) popTallyLocked() (*Tally, int64) {
+	if b.replayWaiting > 0 {
+		b.replayWaiting--
+		return nil, 0
+	}
+	if len(b.diskTallies) == 0 {
+		return nil, 0
+	}
+	r := &b.diskTallies[0]
+	t, ord := r.t, r.ord
+	r.ord++
+	if r.n--; r.n == 0 {
+		b.diskTallies[0] = tallyRun{}
+		b.diskTallies = b.diskTallies[1:]
+	}
+	return t, ord
 }
 
 // cutLocked moves the pending batch to the ready queue.
@@ -321,15 +533,30 @@ func (b *Batcher) Flush(ctx context.Context) error {
 func (b *Batcher) Queue() stats.Queue {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	return stats.Queue{Items: b.queueItems, Bytes: b.queueBytes, InFlight: b.inFlight}
+	q := stats.Queue{Items: b.queueItems, Bytes: b.queueBytes, InFlight: b.inFlight}
+	if b.cfg.Spool != nil {
+		u := b.cfg.Spool.Usage()
+		q.Spool = &stats.SpoolUsage{Items: u.Waiting + b.keptInSpool, Bytes: u.Bytes, MaxBytes: u.MaxBytes,
+			Replayed: u.Replayed, Corrupt: u.Corrupt}
+	}
+	return q
 }
 
 // Close refuses further intake, sends everything accepted and waits for
 // the sender. When ctx ends first, the batch in flight and every batch
 // behind it are dropped as undelivered. Close returns the delivery totals.
+//
+// With a spool, Close delivers what is in memory and leaves calls still on
+// disk for the next start; calls cut short by ctx stay in the spool too
+// (Summary.Undelivered counts them, but they are not dropped).
 func (b *Batcher) Close(ctx context.Context) Summary {
 	b.mu.Lock()
 	b.closed = true
+	b.mu.Unlock()
+	close(b.stopLoader)
+	<-b.loaderDone
+	b.mu.Lock()
+	b.draining = true
 	b.cutLocked(TriggerShutdown)
 	b.mu.Unlock()
 	close(b.stopTimer)
@@ -390,7 +617,7 @@ func (b *Batcher) sendLoop() {
 	for {
 		b.mu.Lock()
 		for len(b.ready) == 0 {
-			if b.closed {
+			if b.draining {
 				b.mu.Unlock()
 				return
 			}
@@ -405,7 +632,9 @@ func (b *Batcher) sendLoop() {
 		b.mu.Unlock()
 
 		var rep backend.Report
-		if b.sendCtx.Err() != nil {
+		if len(bt.items) == 0 {
+			// A marker for calls already counted as dropped.
+		} else if b.sendCtx.Err() != nil {
 			rep = dropAll(len(bt.items), backend.DropShutdown)
 		} else {
 			b.st.Batches.Add(1)
@@ -432,20 +661,36 @@ func (b *Batcher) finish(bt batch, rep backend.Report) {
 			dropped[d.Index] = d.Reason
 		}
 	}
+	// With a spool, calls cut short by shutdown stay on disk for the next
+	// start: not dropped, and the cursor stays before them.
+	inSpool := 0
+	if bt.spooled {
+		for _, reason := range dropped {
+			if reason == backend.DropShutdown {
+				inSpool++
+			}
+		}
+	}
 	byReason := make(map[backend.DropReason]int)
 	for i, t := range bt.tallies {
-		if reason, ok := dropped[i]; ok {
+		reason, ok := dropped[i]
+		switch {
+		case ok && inSpool > 0 && reason == backend.DropShutdown:
+			// left in the spool
+		case ok && t == nil: // replayed: no connection to tell
+			byReason[reason]++
+		case ok:
 			if reason == backend.DropUnauthorized || reason == backend.DropCallsComplete {
 				t.addReturned(bt.ords[i])
 			}
 			t.failed.Add(1)
 			byReason[reason]++
-		} else {
+		case t != nil:
 			t.delivered.Add(1)
 		}
 	}
-	nDropped := len(dropped)
-	nDelivered := len(bt.items) - nDropped
+	nDropped := len(dropped) - inSpool
+	nDelivered := len(bt.items) - len(dropped)
 	if rep.Delivered != nDelivered {
 		b.log.Warn("backend report does not add up", "items", len(bt.items), "delivered", rep.Delivered, "dropped", nDropped)
 	}
@@ -453,6 +698,13 @@ func (b *Batcher) finish(bt batch, rep backend.Report) {
 		b.st.Failed(reason, n)
 		if reason == backend.DropShutdown {
 			b.undelivered.Add(int64(n))
+		}
+	}
+	b.undelivered.Add(int64(inSpool))
+	if bt.spooled && inSpool == 0 {
+		if err := b.cfg.Spool.Resolve(bt.pos); err != nil {
+			// Delivered calls may be delivered again after a restart.
+			b.log.Error("cannot record progress in the spool", "err", err)
 		}
 	}
 	b.st.Delivered.Add(int64(nDelivered))
@@ -479,7 +731,11 @@ func (b *Batcher) finish(bt batch, rep backend.Report) {
 	}
 	b.queueBytes -= bt.bytes
 	b.queueItems -= int64(len(bt.items))
+	b.keptInSpool += int64(inSpool)
 	b.inFlight = 0
+	if b.cfg.Spool != nil {
+		b.kick(b.kickLoader)
+	}
 	b.resolvedSeq = bt.seq
 	kept := b.waiters[:0]
 	for _, w := range b.waiters {

@@ -182,7 +182,7 @@ type conn struct {
 func (s *Server) serveConn(cn *conn) {
 	defer cn.c.Close()
 	lr := protocol.NewLineReader(cn.c, readBufSize, s.cfg.MaxLineBytes)
-	w := newWriter(cn.c)
+	w := newWriter(s.cfg.Batcher.Durable(cn.c))
 	var out []byte
 	var req protocol.Request
 	for {

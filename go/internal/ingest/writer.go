@@ -2,7 +2,7 @@ package ingest
 
 import (
 	"bufio"
-	"net"
+	"io"
 )
 
 // writer buffers response lines for one connection.
@@ -11,7 +11,9 @@ type writer struct {
 	err error // first write error; later writes are skipped
 }
 
-func newWriter(c net.Conn) *writer { return &writer{bw: bufio.NewWriterSize(c, writeBufSize)} }
+// newWriter buffers writes to c, the connection as batch.Batcher.Durable
+// wraps it (with a spool, acks leave only after their calls are on disk).
+func newWriter(c io.Writer) *writer { return &writer{bw: bufio.NewWriterSize(c, writeBufSize)} }
 
 func (w *writer) Write(p []byte) (int, error) {
 	if w.err != nil {

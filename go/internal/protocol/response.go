@@ -19,12 +19,13 @@ const (
 	CodeCallsCompleteMode Code = "calls_complete_mode_required"
 	CodeShuttingDown      Code = "shutting_down"
 	CodeProtocolMismatch  Code = "protocol_mismatch"
+	CodeSpoolFull         Code = "spool_full"
 )
 
 // Codes lists every failure code, for counters.
 var Codes = []Code{
 	CodeInvalidRequest, CodeUnknownMethod, CodeLineTooLong, CodeCallTooLarge, CodeQueueFull,
-	CodeUnauthorized, CodeCallsCompleteMode, CodeShuttingDown, CodeProtocolMismatch,
+	CodeUnauthorized, CodeCallsCompleteMode, CodeShuttingDown, CodeProtocolMismatch, CodeSpoolFull,
 }
 
 // Error is a refused request: a code for programs and a message for people.

@@ -7,12 +7,13 @@ import (
 
 	"github.com/weave-sidecar/weave-sidecar/go/internal/backend"
 	"github.com/weave-sidecar/weave-sidecar/go/internal/protocol"
+	"github.com/weave-sidecar/weave-sidecar/go/internal/spool"
 )
 
 // dropReasons lists every backend.DropReason, for counters.
 var dropReasons = []backend.DropReason{
 	backend.DropRejected, backend.DropTooLarge, backend.DropUnauthorized,
-	backend.DropCallsComplete, backend.DropShutdown,
+	backend.DropCallsComplete, backend.DropShutdown, spool.DropCorrupt,
 }
 
 // RejectReason says why a connection was closed before it could make any
@@ -32,13 +33,18 @@ var rejectReasons = []RejectReason{RejectPeerUID, RejectPeerUnknown, RejectNoTok
 // Stats are counters since the sidecar started. The zero value is ready to
 // use; all methods are safe for concurrent use.
 type Stats struct {
-	Received     atomic.Int64 // request lines read, of any method
-	Accepted     atomic.Int64 // calls acked
-	Delivered    atomic.Int64 // calls the trace server accepted
-	Batches      atomic.Int64 // batches handed to the backend
-	HTTPRequests atomic.Int64
-	Retries      atomic.Int64
-	Connections  atomic.Int64 // connections open now
+	Received atomic.Int64 // request lines read, of any method
+	Accepted atomic.Int64 // calls acked
+	// CallsReceived counts call_start/call_end lines that decoded and were
+	// offered for intake; each is either accepted or refused
+	// (CallsRefused, also counted by code in refused).
+	CallsReceived atomic.Int64
+	CallsRefused  atomic.Int64
+	Delivered     atomic.Int64 // calls the trace server accepted
+	Batches       atomic.Int64 // batches handed to the backend
+	HTTPRequests  atomic.Int64
+	Retries       atomic.Int64
+	Connections   atomic.Int64 // connections open now
 
 	refused [16]atomic.Int64 // indexed like protocol.Codes
 	failed  [8]atomic.Int64  // indexed like dropReasons
@@ -86,15 +92,27 @@ func (s *Stats) FailedTotal() int64 {
 
 // Queue describes accepted calls not yet resolved.
 type Queue struct {
-	Items    int64 // accepted, not yet delivered or dropped
-	Bytes    int64 // their encoded size
-	InFlight int64 // of those, items in the batch being sent now
+	Items    int64       // accepted, not yet delivered or dropped
+	Bytes    int64       // their encoded size
+	InFlight int64       // of those, items in the batch being sent now
+	Spool    *SpoolUsage // nil when the spool is off
+}
+
+// SpoolUsage describes the disk spool.
+type SpoolUsage struct {
+	Items    int64 // calls on disk only, not in memory (spooled)
+	Bytes    int64 // bytes of segment files
+	MaxBytes int64 // --spool-max-bytes
+	Replayed int64 // calls found on disk at start
+	Corrupt  int64 // damaged records skipped
 }
 
 // Snapshot is the stats result object (docs/protocol.md).
 type Snapshot struct {
 	Received      int64            `json:"received"`
 	Accepted      int64            `json:"accepted"`
+	CallsReceived int64            `json:"calls_received"`
+	CallsRefused  int64            `json:"calls_refused"`
 	Refused       map[string]int64 `json:"refused"`
 	Delivered     int64            `json:"delivered"`
 	Failed        map[string]int64 `json:"failed"`
@@ -105,6 +123,15 @@ type Snapshot struct {
 	HTTPRequests  int64            `json:"http_requests"`
 	Retries       int64            `json:"retries"`
 	Connections   int64            `json:"connections"`
+	// Spool terms; all zero when the spool is off. The accounting:
+	// calls_received = accepted + calls_refused, and
+	// accepted + replayed = delivered + sum(failed) + queued_items + spooled_items
+	// (queued_items includes in_flight_items).
+	SpooledItems        int64 `json:"spooled_items"`
+	SpoolBytes          int64 `json:"spool_bytes"`
+	SpoolMaxBytes       int64 `json:"spool_max_bytes"`
+	Replayed            int64 `json:"replayed"`
+	SpoolCorruptRecords int64 `json:"spool_corrupt_records"`
 	// RejectedConnections counts connections closed before their first
 	// request was served, by RejectReason.
 	RejectedConnections map[string]int64 `json:"rejected_connections"`
@@ -115,6 +142,8 @@ func (s *Stats) Snapshot(q Queue) Snapshot {
 	snap := Snapshot{
 		Received:      s.Received.Load(),
 		Accepted:      s.Accepted.Load(),
+		CallsReceived: s.CallsReceived.Load(),
+		CallsRefused:  s.CallsRefused.Load(),
 		Refused:       make(map[string]int64, len(protocol.Codes)),
 		Delivered:     s.Delivered.Load(),
 		Failed:        make(map[string]int64, len(dropReasons)),
@@ -131,6 +160,10 @@ func (s *Stats) Snapshot(q Queue) Snapshot {
 	}
 	for i, r := range dropReasons {
 		snap.Failed[string(r)] = s.failed[i].Load()
+	}
+	if sp := q.Spool; sp != nil {
+		snap.SpooledItems, snap.SpoolBytes, snap.SpoolMaxBytes = sp.Items, sp.Bytes, sp.MaxBytes
+		snap.Replayed, snap.SpoolCorruptRecords = sp.Replayed, sp.Corrupt
 	}
 	snap.RejectedConnections = make(map[string]int64, len(rejectReasons))
 	for i, r := range rejectReasons {

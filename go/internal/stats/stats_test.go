@@ -25,7 +25,7 @@ func TestSnapshot(t *testing.T) {
 	assert.Equal(t, int64(0), snap.Refused["shutting_down"])
 	assert.Len(t, snap.Refused, len(protocol.Codes))
 	assert.Equal(t, map[string]int64{"rejected": 3, "too_large": 0, "unauthorized": 0,
-		"calls_complete_mode": 0, "shutdown": 1}, snap.Failed)
+		"calls_complete_mode": 0, "shutdown": 1, "spool_corrupt": 0}, snap.Failed)
 	assert.Equal(t, int64(4), s.FailedTotal())
 	assert.Equal(t, int64(100), snap.QueuedBytes)
 }
@@ -39,4 +39,22 @@ func TestRejected(t *testing.T) {
 	snap := s.Snapshot(Queue{})
 	assert.Equal(t, map[string]int64{"peer_uid": 1, "peer_unknown": 0, "no_token": 0, "bad_token": 2},
 		snap.RejectedConnections)
+}
+
+func TestSnapshotSpool(t *testing.T) {
+	var s Stats
+	s.CallsReceived.Add(7)
+	s.CallsRefused.Add(2)
+
+	snap := s.Snapshot(Queue{})
+	assert.Equal(t, int64(7), snap.CallsReceived)
+	assert.Equal(t, int64(2), snap.CallsRefused)
+	assert.Equal(t, int64(0), snap.SpoolMaxBytes, "spool off")
+
+	snap = s.Snapshot(Queue{Spool: &SpoolUsage{Items: 3, Bytes: 4096, MaxBytes: 1 << 20, Replayed: 5, Corrupt: 1}})
+	assert.Equal(t, int64(3), snap.SpooledItems)
+	assert.Equal(t, int64(4096), snap.SpoolBytes)
+	assert.Equal(t, int64(1<<20), snap.SpoolMaxBytes)
+	assert.Equal(t, int64(5), snap.Replayed)
+	assert.Equal(t, int64(1), snap.SpoolCorruptRecords)
 }
