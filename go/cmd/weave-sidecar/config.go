@@ -21,6 +21,7 @@ const (
 	defaultRequestTimeout  = 30 * time.Second
 	defaultShutdownTimeout = 10 * time.Second
 	defaultMaxQueueBytes   = 256 << 20
+	defaultSpoolMaxBytes   = 1 << 30
 	envPrefix              = "WEAVE_SIDECAR_"
 )
 
@@ -35,6 +36,8 @@ type config struct {
 	RequestTimeout  time.Duration
 	ShutdownTimeout time.Duration
 	MaxQueueBytes   int64
+	SpoolDir        string // empty: no spool
+	SpoolMaxBytes   int64
 	ParentPID       int
 	ExitOnStdinEOF  bool
 	LogLevel        slog.Level
@@ -113,6 +116,7 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 		RequestTimeout:  defaultRequestTimeout,
 		ShutdownTimeout: defaultShutdownTimeout,
 		MaxQueueBytes:   defaultMaxQueueBytes,
+		SpoolMaxBytes:   defaultSpoolMaxBytes,
 		LogLevel:        slog.LevelInfo,
 	}
 	fs := flag.NewFlagSet("weave-sidecar", flag.ContinueOnError)
@@ -133,6 +137,8 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 	fs.Var(durationValue{&cfg.RequestTimeout}, "request-timeout", "bound on one HTTP attempt")
 	fs.Var(durationValue{&cfg.ShutdownTimeout}, "shutdown-timeout", "bound on the final drain at exit; calls still undelivered then are dropped and counted")
 	fs.Int64Var(&cfg.MaxQueueBytes, "max-queue-bytes", cfg.MaxQueueBytes, "accepted but undelivered bytes before new calls are refused with queue_full")
+	fs.StringVar(&cfg.SpoolDir, "spool-dir", "", "keep accepted calls in this directory until delivered: an ack then means the call is on disk, and calls survive a crash or restart (empty: off)")
+	fs.Int64Var(&cfg.SpoolMaxBytes, "spool-max-bytes", cfg.SpoolMaxBytes, "bytes of spool files before new calls are refused with spool_full; with a spool, --max-queue-bytes bounds only the calls held in memory")
 	fs.IntVar(&cfg.ParentPID, "parent-pid", 0, "drain and exit when this process is gone (0: off)")
 	fs.BoolVar(&cfg.ExitOnStdinEOF, "exit-on-stdin-eof", false, "drain and exit when stdin reaches end of file")
 	fs.Var(levelValue{&cfg.LogLevel}, "log-level", "debug, info, warn or error")
@@ -201,6 +207,8 @@ func (cfg *config) validate() error {
 		return bad("--shutdown-timeout must be positive")
 	case cfg.MaxQueueBytes <= 0:
 		return bad("--max-queue-bytes must be positive")
+	case cfg.SpoolMaxBytes <= 0:
+		return bad("--spool-max-bytes must be positive")
 	case cfg.ParentPID < 0:
 		return bad("--parent-pid must not be negative")
 	}

@@ -22,6 +22,7 @@ import (
 	"github.com/weave-sidecar/weave-sidecar/go/internal/batch"
 	"github.com/weave-sidecar/weave-sidecar/go/internal/ingest"
 	"github.com/weave-sidecar/weave-sidecar/go/internal/protocol"
+	"github.com/weave-sidecar/weave-sidecar/go/internal/spool"
 	"github.com/weave-sidecar/weave-sidecar/go/internal/stats"
 )
 
@@ -95,6 +96,22 @@ func run(args []string, getenv func(string) string, stdin io.Reader, stdout, std
 	}
 	defer client.Close()
 
+	var sp *spool.Spool
+	if cfg.SpoolDir != "" {
+		sp, err = spool.Open(spool.Config{Dir: cfg.SpoolDir, MaxBytes: cfg.SpoolMaxBytes, Logger: log})
+		if err != nil {
+			return err
+		}
+		defer func() {
+			if err := sp.Close(); err != nil {
+				log.Error("closing the spool", "err", err)
+			}
+		}()
+		u := sp.Usage()
+		log.Info("spool open", "dir", cfg.SpoolDir, "max_bytes", cfg.SpoolMaxBytes, "bytes", u.Bytes,
+			"replayed", u.Replayed, "corrupt_records", u.Corrupt)
+	}
+
 	st := &stats.Stats{}
 	b, err := batch.New(batch.Config{
 		Sender:        client,
@@ -102,6 +119,7 @@ func run(args []string, getenv func(string) string, stdin io.Reader, stdout, std
 		MaxCount:      cfg.FlushMaxCount,
 		MaxBytes:      cfg.FlushMaxBytes,
 		MaxQueueBytes: cfg.MaxQueueBytes,
+		Spool:         sp,
 		Stats:         st,
 		Logger:        log,
 	})
