@@ -10,6 +10,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/weave-sidecar/weave-sidecar/go/internal/metrics"
 )
 
 // Defaults, documented in the README.
@@ -22,6 +24,7 @@ const (
 	defaultShutdownTimeout = 10 * time.Second
 	defaultMaxQueueBytes   = 256 << 20
 	defaultSpoolMaxBytes   = 1 << 30
+	defaultUnreadyAfter    = metrics.DefaultFailureThreshold
 	envPrefix              = "WEAVE_SIDECAR_"
 )
 
@@ -42,6 +45,8 @@ type config struct {
 	ExitOnStdinEOF  bool
 	LogLevel        slog.Level
 	Version         bool
+	MetricsAddr     string        // listen address after metrics.ResolveAddr; empty: off
+	UnreadyAfter    time.Duration // backend failure streak before /readyz answers 503
 }
 
 // usageError is a bad command line or environment: exit code 2.
@@ -118,6 +123,7 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 		MaxQueueBytes:   defaultMaxQueueBytes,
 		SpoolMaxBytes:   defaultSpoolMaxBytes,
 		LogLevel:        slog.LevelInfo,
+		UnreadyAfter:    defaultUnreadyAfter,
 	}
 	fs := flag.NewFlagSet("weave-sidecar", flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -142,6 +148,8 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 	fs.IntVar(&cfg.ParentPID, "parent-pid", 0, "drain and exit when this process is gone (0: off)")
 	fs.BoolVar(&cfg.ExitOnStdinEOF, "exit-on-stdin-eof", false, "drain and exit when stdin reaches end of file")
 	fs.Var(levelValue{&cfg.LogLevel}, "log-level", "debug, info, warn or error")
+	fs.StringVar(&cfg.MetricsAddr, "metrics-addr", "", "serve Prometheus /metrics, /healthz, /readyz and /debug/pprof/ over HTTP at PORT or HOST:PORT; a bare port binds 127.0.0.1 (empty: off)")
+	fs.Var(durationValue{&cfg.UnreadyAfter}, "unready-after", "/readyz answers 503 once backend requests have failed in a row this long")
 	fs.BoolVar(&cfg.Version, "version", false, "print the version and exit")
 
 	if err := fs.Parse(args); err != nil {
@@ -211,7 +219,14 @@ func (cfg *config) validate() error {
 		return bad("--spool-max-bytes must be positive")
 	case cfg.ParentPID < 0:
 		return bad("--parent-pid must not be negative")
+	case cfg.UnreadyAfter <= 0:
+		return bad("--unready-after must be positive")
 	}
+	addr, err := metrics.ResolveAddr(cfg.MetricsAddr)
+	if err != nil {
+		return bad("--metrics-addr: %v", err)
+	}
+	cfg.MetricsAddr = addr
 	return nil
 }
 

@@ -21,6 +21,7 @@ import (
 	"github.com/weave-sidecar/weave-sidecar/go/internal/backend"
 	"github.com/weave-sidecar/weave-sidecar/go/internal/batch"
 	"github.com/weave-sidecar/weave-sidecar/go/internal/ingest"
+	"github.com/weave-sidecar/weave-sidecar/go/internal/metrics"
 	"github.com/weave-sidecar/weave-sidecar/go/internal/protocol"
 	"github.com/weave-sidecar/weave-sidecar/go/internal/spool"
 	"github.com/weave-sidecar/weave-sidecar/go/internal/stats"
@@ -63,6 +64,9 @@ func newLogger(w io.Writer, level slog.Level) *slog.Logger {
 
 // run is the whole program; it returns when the sidecar has drained.
 func run(args []string, getenv func(string) string, stdin io.Reader, stdout, stderr io.Writer) error {
+	if len(args) > 0 && args[0] == "status" {
+		return runStatus(args[1:], getenv, stdout, stderr)
+	}
 	cfg, err := parseConfig(args, getenv, stderr)
 	if err != nil {
 		var ue usageError
@@ -83,6 +87,20 @@ func run(args []string, getenv func(string) string, stdin io.Reader, stdout, std
 		return err
 	}
 	publicURL, host := publicBackend(cfg.Backend)
+
+	// Metrics read the counters and the batcher at scrape time; b is set
+	// below, before the metrics server starts.
+	st := &stats.Stats{}
+	var b *batch.Batcher
+	var met *metrics.Metrics
+	var onAttempt func(backend.Attempt)
+	var onCut func(batch.Cut)
+	if cfg.MetricsAddr != "" {
+		met = metrics.New(metrics.Config{Stats: st, Queue: func() stats.Queue { return b.Queue() },
+			FailureThreshold: cfg.UnreadyAfter})
+		onAttempt, onCut = met.ObserveAttempt, met.ObserveCut
+	}
+
 	client, err := backend.New(backend.Config{
 		URL:            cfg.Backend,
 		Key:            key,
@@ -90,6 +108,7 @@ func run(args []string, getenv func(string) string, stdin io.Reader, stdout, std
 		RequestTimeout: cfg.RequestTimeout,
 		MaxBodyBytes:   protocol.MaxBodyBytes,
 		Logger:         log,
+		OnAttempt:      onAttempt,
 	})
 	if err != nil {
 		return usageError{err}
@@ -112,8 +131,7 @@ func run(args []string, getenv func(string) string, stdin io.Reader, stdout, std
 			"replayed", u.Replayed, "corrupt_records", u.Corrupt)
 	}
 
-	st := &stats.Stats{}
-	b, err := batch.New(batch.Config{
+	b, err = batch.New(batch.Config{
 		Sender:        client,
 		FlushInterval: cfg.FlushInterval,
 		MaxCount:      cfg.FlushMaxCount,
@@ -122,6 +140,7 @@ func run(args []string, getenv func(string) string, stdin io.Reader, stdout, std
 		Spool:         sp,
 		Stats:         st,
 		Logger:        log,
+		OnCut:         onCut,
 	})
 	if err != nil {
 		return usageError{err}
@@ -134,6 +153,21 @@ func run(args []string, getenv func(string) string, stdin io.Reader, stdout, std
 	})
 	if err != nil {
 		return err
+	}
+
+	if met != nil {
+		msrv, err := metrics.Listen(cfg.MetricsAddr, met.Handler(), log)
+		if err != nil {
+			b.Close(context.Background())
+			return err
+		}
+		// Served until the drain is over, so it can be watched.
+		defer func() {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			defer cancel()
+			msrv.Close(ctx)
+		}()
+		log.Info("metrics server listening", "addr", msrv.Addr())
 	}
 
 	ln, err := ingest.Listen(cfg.Socket)
