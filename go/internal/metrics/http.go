@@ -47,8 +47,8 @@ func (m *Metrics) Ready() (bool, string) {
 		return false, fmt.Sprintf("backend requests have failed for %s (%d attempts in a row; threshold %s)",
 			d.Round(time.Second), n, m.cfg.FailureThreshold)
 	}
-	if m.cfg.Spool != nil {
-		n, limit := m.cfg.Spool()
+	if sp := m.cfg.Queue().Spool; sp != nil {
+		n, limit := sp.Bytes, sp.MaxBytes
 		if limit > 0 && float64(n) > spoolReadyFraction*float64(limit) {
 			return false, fmt.Sprintf("spool is %d%% full (%d of %d bytes)", n*100/limit, n, limit)
 		}

@@ -33,11 +33,10 @@ const spoolReadyFraction = 0.9
 
 // Config configures Metrics.
 type Config struct {
-	Stats *stats.Stats       // required; the counters the stats request reports
-	Queue func() stats.Queue // required; usually (*batch.Batcher).Queue
-	// Spool, when set, reports the spool's size and its limit in bytes; nil
-	// means there is no spool (no gauge, no spool readiness check).
-	Spool func() (bytes, maxBytes int64)
+	Stats *stats.Stats // required; the counters the stats request reports
+	// Queue is required; usually (*batch.Batcher).Queue. Its Spool, when
+	// set, adds the spool metrics and the spool readiness check.
+	Queue func() stats.Queue
 	// FailureThreshold is how long backend requests may fail in a row
 	// before /readyz answers 503; zero means DefaultFailureThreshold.
 	FailureThreshold time.Duration
@@ -166,6 +165,12 @@ var (
 		"Request lines read from clients, of any method.", nil, nil)
 	descRefused = prometheus.NewDesc(namespace+"_requests_refused_total",
 		"Requests answered with an error, by protocol code.", []string{"code"}, nil)
+	descCallsReceived = prometheus.NewDesc(namespace+"_calls_received_total",
+		"Call requests that decoded and were offered for intake; each is accepted or refused.", nil, nil)
+	descCallsRefused = prometheus.NewDesc(namespace+"_calls_refused_total",
+		"Call requests refused at intake (also counted by code in requests_refused_total).", nil, nil)
+	descRejected = prometheus.NewDesc(namespace+"_connections_rejected_total",
+		"Connections closed before their first request, by reason.", []string{"reason"}, nil)
 	descAccepted = prometheus.NewDesc(namespace+"_calls_accepted_total",
 		"Calls acked to clients: the sidecar owns their delivery.", nil, nil)
 	descDelivered = prometheus.NewDesc(namespace+"_calls_delivered_total",
@@ -189,25 +194,34 @@ var (
 	descFailing = prometheus.NewDesc(namespace+"_backend_failing_seconds",
 		"How long backend requests have failed in a row; 0 while the last one succeeded.", nil, nil)
 	descSpoolBytes = prometheus.NewDesc(namespace+"_spool_bytes",
-		"Bytes held in the on-disk spool.", nil, nil)
+		"Bytes of spool segment files on disk.", nil, nil)
 	descSpoolMax = prometheus.NewDesc(namespace+"_spool_max_bytes",
-		"Limit of the on-disk spool in bytes.", nil, nil)
+		"Limit of the spool in bytes (--spool-max-bytes).", nil, nil)
+	descSpooled = prometheus.NewDesc(namespace+"_spooled_items",
+		"Accepted calls held on disk only, not in memory.", nil, nil)
+	descReplayed = prometheus.NewDesc(namespace+"_spool_replayed_total",
+		"Calls found in the spool at start.", nil, nil)
+	descCorrupt = prometheus.NewDesc(namespace+"_spool_corrupt_records_total",
+		"Damaged spool records skipped.", nil, nil)
 )
 
+// spoolDescs are described always and collected only when a spool is on.
+var spoolDescs = []*prometheus.Desc{descSpoolBytes, descSpoolMax, descSpooled, descReplayed, descCorrupt}
+
 func (c *statsCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descReceived, descRefused, descAccepted, descDelivered, descFailed,
-		descQueueItems, descQueueBytes, descInFlight, descBatches, descRequests, descRetries, descConnections,
-		descFailing} {
+	for _, d := range []*prometheus.Desc{descReceived, descRefused, descCallsReceived, descCallsRefused,
+		descAccepted, descDelivered, descFailed, descQueueItems, descQueueBytes, descInFlight, descBatches,
+		descRequests, descRetries, descConnections, descRejected, descFailing} {
 		ch <- d
 	}
-	if c.m.cfg.Spool != nil {
-		ch <- descSpoolBytes
-		ch <- descSpoolMax
+	for _, d := range spoolDescs {
+		ch <- d
 	}
 }
 
 func (c *statsCollector) Collect(ch chan<- prometheus.Metric) {
-	s := c.m.cfg.Stats.Snapshot(c.m.cfg.Queue())
+	q := c.m.cfg.Queue()
+	s := c.m.cfg.Stats.Snapshot(q)
 	counter := func(d *prometheus.Desc, v int64, labels ...string) {
 		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
 	}
@@ -219,6 +233,8 @@ func (c *statsCollector) Collect(ch chan<- prometheus.Metric) {
 	for code, n := range s.Refused {
 		counter(descRefused, n, code)
 	}
+	counter(descCallsReceived, s.CallsReceived)
+	counter(descCallsRefused, s.CallsRefused)
 	counter(descAccepted, s.Accepted)
 	counter(descDelivered, s.Delivered)
 	for reason, n := range s.Failed {
@@ -231,11 +247,16 @@ func (c *statsCollector) Collect(ch chan<- prometheus.Metric) {
 	counter(descRequests, s.HTTPRequests)
 	counter(descRetries, s.Retries)
 	gauge(descConnections, float64(s.Connections))
+	for reason, n := range s.RejectedConnections {
+		counter(descRejected, n, reason)
+	}
 	d, _ := c.m.failing()
 	gauge(descFailing, d.Seconds())
-	if c.m.cfg.Spool != nil {
-		n, limit := c.m.cfg.Spool()
-		gauge(descSpoolBytes, float64(n))
-		gauge(descSpoolMax, float64(limit))
+	if q.Spool != nil {
+		gauge(descSpoolBytes, float64(s.SpoolBytes))
+		gauge(descSpoolMax, float64(s.SpoolMaxBytes))
+		gauge(descSpooled, float64(s.SpooledItems))
+		counter(descReplayed, s.Replayed)
+		counter(descCorrupt, s.SpoolCorruptRecords)
 	}
 }

@@ -86,6 +86,9 @@ func TestStatsCollector(t *testing.T) {
 	st.HTTPRequests.Add(3)
 	st.Retries.Add(1)
 	st.Connections.Add(1)
+	st.CallsReceived.Add(8)
+	st.CallsRefused.Add(1)
+	st.Rejected(stats.RejectPeerUID)
 
 	want := `
 # HELP weave_sidecar_calls_accepted_total Calls acked to clients: the sidecar owns their delivery.
@@ -120,6 +123,10 @@ weave_sidecar_backend_retries_total 1
 		"weave_sidecar_batches_sent_total 2",
 		"weave_sidecar_backend_requests_total 3",
 		"weave_sidecar_connections 1",
+		"weave_sidecar_calls_received_total 8",
+		"weave_sidecar_calls_refused_total 1",
+		`weave_sidecar_connections_rejected_total{reason="peer_uid"} 1`,
+		`weave_sidecar_connections_rejected_total{reason="bad_token"} 0`,
 		"weave_sidecar_backend_failing_seconds 0",
 		`weave_sidecar_batches_cut_total{trigger="interval"} 0`,
 		`weave_sidecar_backend_responses_total{class="5xx"} 0`,
@@ -166,10 +173,12 @@ func TestObserve(t *testing.T) {
 }
 
 func TestReady(t *testing.T) {
-	var spoolBytes, spoolMax int64 = 0, 1000
+	var spoolBytes int64
 	m, _, clk := newTestMetrics(t, func(c *Config) {
 		c.FailureThreshold = 30 * time.Second
-		c.Spool = func() (int64, int64) { return spoolBytes, spoolMax }
+		c.Queue = func() stats.Queue {
+			return stats.Queue{Spool: &stats.SpoolUsage{Items: 4, Bytes: spoolBytes, MaxBytes: 1000, Replayed: 6, Corrupt: 1}}
+		}
 	})
 	ready := func() bool { ok, _ := m.Ready(); return ok }
 	fail := func() {
@@ -204,6 +213,9 @@ func TestReady(t *testing.T) {
 	text := scrape(t, m)
 	assert.Contains(t, text, "\nweave_sidecar_spool_bytes 901\n")
 	assert.Contains(t, text, "\nweave_sidecar_spool_max_bytes 1000\n")
+	assert.Contains(t, text, "\nweave_sidecar_spooled_items 4\n")
+	assert.Contains(t, text, "\nweave_sidecar_spool_replayed_total 6\n")
+	assert.Contains(t, text, "\nweave_sidecar_spool_corrupt_records_total 1\n")
 }
 
 func TestHandler(t *testing.T) {
