@@ -9,6 +9,7 @@ package ingest
 
 import (
 	"context"
+	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"io"
@@ -20,6 +21,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/weave-sidecar/weave-sidecar/go/internal/auth"
 	"github.com/weave-sidecar/weave-sidecar/go/internal/backend"
 	"github.com/weave-sidecar/weave-sidecar/go/internal/batch"
 	"github.com/weave-sidecar/weave-sidecar/go/internal/protocol"
@@ -43,6 +45,13 @@ type Config struct {
 	Hello        []byte       // the JSON result of a hello request
 	MaxLineBytes int          // zero means protocol.MaxLineBytes
 	Logger       *slog.Logger // nil means slog.Default()
+
+	// PeerUID reads a Unix peer's user id; nil means the OS's way (see
+	// guard.go). Peers running as another user are refused.
+	PeerUID PeerUIDFunc
+	// Token is what every TCP connection must present in its first request;
+	// only ServeTCP needs it.
+	Token auth.Secret
 }
 
 // Server serves the protocol on one listener.
@@ -56,8 +65,14 @@ type Server struct {
 	mu    sync.Mutex
 	ln    *net.UnixListener // guarded by mu
 	path  string            // guarded by mu; socket file to remove
+	tcp   net.Listener      // guarded by mu; the token-checked listener, if any
 	conns map[*conn]struct{}
 	wg    sync.WaitGroup // accept loop and connection goroutines
+
+	uid      int             // the only user a Unix peer may run as
+	peerUID  PeerUIDFunc     // reads it
+	tokenSum [32]byte        // SHA-256 of cfg.Token
+	warned   map[string]bool // guarded by mu; see warnOnce
 }
 
 // New returns a Server; Serve starts it.
@@ -68,7 +83,12 @@ func New(cfg Config) *Server {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	s := &Server{cfg: cfg, log: cfg.Logger, conns: make(map[*conn]struct{})}
+	s := &Server{cfg: cfg, log: cfg.Logger, conns: make(map[*conn]struct{}),
+		uid: os.Geteuid(), peerUID: cfg.PeerUID, tokenSum: sha256.Sum256([]byte(cfg.Token.Reveal())),
+		warned: make(map[string]bool)}
+	if s.peerUID == nil {
+		s.peerUID = osPeerUID
+	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	return s
 }
@@ -82,13 +102,14 @@ func (s *Server) Serve(ln *net.UnixListener) {
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
-		s.acceptLoop(ln)
+		s.acceptLoop(ln, false)
 	}()
 }
 
-func (s *Server) acceptLoop(ln *net.UnixListener) {
+// acceptLoop serves ln until it closes; tcp connections must authenticate.
+func (s *Server) acceptLoop(ln net.Listener, tcp bool) {
 	for {
-		c, err := ln.AcceptUnix()
+		c, err := ln.Accept()
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) {
 				return
@@ -98,7 +119,7 @@ func (s *Server) acceptLoop(ln *net.UnixListener) {
 			time.Sleep(50 * time.Millisecond)
 			continue
 		}
-		cn := &conn{c: c}
+		cn := &conn{c: c, needToken: tcp}
 		s.mu.Lock()
 		s.conns[cn] = struct{}{}
 		s.wg.Add(1)
@@ -106,7 +127,11 @@ func (s *Server) acceptLoop(ln *net.UnixListener) {
 		s.cfg.Stats.Connections.Add(1)
 		go func() {
 			defer s.wg.Done()
-			s.serveConn(cn)
+			if s.admit(cn) {
+				s.serveConn(cn)
+			} else {
+				cn.c.Close()
+			}
 			s.mu.Lock()
 			delete(s.conns, cn)
 			s.mu.Unlock()
@@ -115,13 +140,16 @@ func (s *Server) acceptLoop(ln *net.UnixListener) {
 	}
 }
 
-// StopAccepting closes the listener and removes the socket file; open
+// StopAccepting closes the listeners and removes the socket file; open
 // connections stay up.
 func (s *Server) StopAccepting() {
 	s.mu.Lock()
-	ln, path := s.ln, s.path
-	s.ln = nil
+	ln, path, tcp := s.ln, s.path, s.tcp
+	s.ln, s.tcp = nil, nil
 	s.mu.Unlock()
+	if tcp != nil {
+		tcp.Close()
+	}
 	if ln == nil {
 		return
 	}
@@ -172,9 +200,12 @@ func (s *Server) Close() {
 
 // conn is one client connection.
 type conn struct {
-	c     *net.UnixConn
+	c     net.Conn
 	idle  atomic.Bool // the reader is waiting for input with nothing buffered
 	tally batch.Tally
+	// needToken: a TCP connection whose first request is still to come; it
+	// must be a hello carrying the token (see authenticate).
+	needToken bool
 
 	slab []byte // unused tail of the current payload chunk
 }
@@ -200,6 +231,10 @@ func (s *Server) serveConn(cn *conn) {
 		case err == nil:
 		case errors.As(err, &tooLong):
 			s.cfg.Stats.Received.Add(1)
+			if cn.needToken {
+				s.reject(cn, nil, stats.RejectNoToken, "the first request on a TCP connection must be hello with the sidecar's token")
+				return
+			}
 			s.cfg.Stats.Refused(protocol.CodeLineTooLong)
 			out = protocol.AppendError(out[:0], nil, protocol.Errorf(protocol.CodeLineTooLong,
 				"%s; send this call another way", tooLong))
@@ -208,6 +243,11 @@ func (s *Server) serveConn(cn *conn) {
 			}
 			continue
 		default:
+			if cn.needToken && !errors.Is(err, net.ErrClosed) {
+				// Closed or timed out before saying who it is.
+				s.reject(cn, nil, stats.RejectNoToken, "no hello with the sidecar's token")
+				return
+			}
 			if !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {
 				s.log.Debug("connection read failed", "err", err)
 			}
@@ -216,6 +256,9 @@ func (s *Server) serveConn(cn *conn) {
 		}
 
 		s.cfg.Stats.Received.Add(1)
+		if cn.needToken && !s.authenticate(cn, line) {
+			return
+		}
 		out = s.handle(cn, w, line, &req, out[:0])
 		if _, err := w.Write(out); err != nil {
 			s.log.Debug("connection write failed", "err", err)
