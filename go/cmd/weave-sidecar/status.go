@@ -33,6 +33,7 @@ var statusSections = []struct {
 		{"queued_items", "queued"},
 		{"queued_bytes", "queued bytes"},
 		{"in_flight_items", "in flight"},
+		{"spool", "spool"},
 		{"spooled_items", "spooled"},
 		{"spool_bytes", "spool bytes"},
 		{"spool_max_bytes", "spool limit"},
@@ -55,6 +56,9 @@ var statusSections = []struct {
 		{"rejected_connections", "rejected"},
 	}},
 }
+
+// spoolKeys are the stats keys that only mean something with a spool.
+var spoolKeys = []string{"spooled_items", "spool_bytes", "spool_max_bytes", "replayed", "spool_corrupt_records"}
 
 // runStatus is `weave-sidecar status`: it asks a running sidecar for hello
 // and stats and prints them for a person (or the stats JSON with --json).
@@ -160,11 +164,20 @@ func printStatus(w io.Writer, socket string, hello, stats json.RawMessage) error
 	fmt.Fprintf(&b, "weave-sidecar %s, pid %d, protocol %d\n", h.Version, h.PID, h.Protocol)
 	fmt.Fprintf(&b, "  socket   %s\n  backend  %s\n", socket, h.Backend)
 	done := make(map[string]bool)
+	if string(fields["spool_max_bytes"]) == "0" {
+		// The spool is off: its terms are all zero, say so once.
+		for _, k := range spoolKeys {
+			if _, ok := fields[k]; ok {
+				done[k] = true
+			}
+		}
+		fields["spool"] = json.RawMessage(`"off"`)
+	}
 	for _, sec := range statusSections {
 		var rows []string
 		for _, r := range sec.rows {
 			raw, ok := fields[r.key]
-			if !ok {
+			if !ok || done[r.key] {
 				continue
 			}
 			done[r.key] = true
@@ -229,6 +242,10 @@ func statusLine(label, key string, raw json.RawMessage) string {
 			line += " (" + strings.Join(nonzero, ", ") + ")"
 		}
 		return line
+	}
+	var str string
+	if json.Unmarshal(raw, &str) == nil {
+		return fmt.Sprintf("%-*s %s", width, label, str)
 	}
 	return fmt.Sprintf("%-*s %s", width, label, raw)
 }

@@ -92,6 +92,33 @@ func TestStatusReport(t *testing.T) {
 	assert.Equal(t, want, out.String())
 }
 
+func TestStatusSpool(t *testing.T) {
+	for _, tc := range []struct {
+		name, stats string
+		want        []string
+		absent      []string
+	}{
+		{"off", `{"accepted":1,"spooled_items":0,"spool_bytes":0,"spool_max_bytes":0,"replayed":0,"spool_corrupt_records":0}`,
+			[]string{"\n  accepted           1\n  spool              off\n"}, []string{"spooled", "replayed", "corrupt"}},
+		{"on", `{"accepted":1,"spooled_items":5,"spool_bytes":2097152,"spool_max_bytes":1073741824,"replayed":3,"spool_corrupt_records":1}`,
+			[]string{"\n  spooled            5\n", "\n  spool bytes        2.0 MiB\n", "\n  spool limit        1.0 GiB\n",
+				"\n  replayed at start  3\n", "\n  corrupt records    1\n"}, []string{"spool              off"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			socket := fakeSidecar(t, map[string]string{"hello": testHello, "stats": tc.stats})
+			var out bytes.Buffer
+			require.NoError(t, run([]string{"status", "--socket", socket}, func(string) string { return "" }, nil, &out, &out))
+			for _, w := range tc.want {
+				assert.Contains(t, out.String(), w)
+			}
+			for _, a := range tc.absent {
+				assert.NotContains(t, out.String(), a)
+			}
+			assert.NotContains(t, out.String(), "other")
+		})
+	}
+}
+
 func TestStatusJSON(t *testing.T) {
 	socket := fakeSidecar(t, map[string]string{"hello": testHello, "stats": `{"received":1,"accepted":0}`})
 	var out bytes.Buffer
