@@ -206,6 +206,7 @@ type Batcher struct {
 	memSeq        int64      // guarded by mu; last sequence number brought into memory
 	keptInSpool   int64      // guarded by mu; cut short at shutdown, left for the next start
 	draining      bool       // guarded by mu; the loader has stopped, the sender may finish
+	flushTo       int64      // guarded by mu; highest sequence number a Flush waits for
 
 	delivered   atomic.Int64
 	dropped     atomic.Int64
@@ -450,6 +451,10 @@ func (b *Batcher) load(recs []spool.Loaded, lost int64) {
 		t, ord := b.popTallyLocked()
 		b.pushLocked(t, ord, r.Item, ItemBytes(r.Item), r.Pos, true)
 	}
+	if n := int64(len(b.pending.items)); n > 0 && b.pending.seq-n+1 <= b.flushTo {
+		// A flush is waiting for calls that were on disk when it came.
+		b.cutLocked(TriggerFlush)
+	}
 	if lost == 0 {
 		return
 	}
@@ -512,6 +517,7 @@ func (b *Batcher) cutLocked(why Trigger) {
 func (b *Batcher) Flush(ctx context.Context) error {
 	b.mu.Lock()
 	target := b.seq
+	b.flushTo = max(b.flushTo, target)
 	b.cutLocked(TriggerFlush)
 	if b.resolvedSeq >= target {
 		b.mu.Unlock()

@@ -187,7 +187,7 @@ func TestFull(t *testing.T) {
 func TestFullFreesWithRotation(t *testing.T) {
 	recLen := RecordBytes(item(0))
 	s := openSpool(t, t.TempDir(), 2*(8+2*recLen), 8+2*recLen) // two segments of two
-	pos := appendN(t, s, 0, 3)                                   // second segment half full
+	pos := appendN(t, s, 0, 3)                                 // second segment half full
 	_, _, err := s.Append(item(3), false)
 	require.NoError(t, err)
 	_, _, err = s.Append(item(4), false)
