@@ -11,6 +11,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/weave-sidecar/weave-sidecar/go/internal/auth"
+	"github.com/weave-sidecar/weave-sidecar/go/internal/ingest"
 	"github.com/weave-sidecar/weave-sidecar/go/internal/metrics"
 )
 
@@ -26,6 +28,9 @@ const (
 	defaultSpoolMaxBytes   = 1 << 30
 	defaultUnreadyAfter    = metrics.DefaultFailureThreshold
 	envPrefix              = "WEAVE_SIDECAR_"
+	// tokenEnv holds the TCP token. It has no flag: argv is visible to
+	// every local user.
+	tokenEnv = envPrefix + "TOKEN"
 )
 
 // config is everything the command line and environment decide.
@@ -47,6 +52,9 @@ type config struct {
 	Version         bool
 	MetricsAddr     string        // listen address after metrics.ResolveAddr; empty: off
 	UnreadyAfter    time.Duration // backend failure streak before /readyz answers 503
+	ListenTCP       string        // 127.0.0.1:PORT for the token-checked TCP listener; empty: off
+	Token           auth.Secret   // from tokenEnv only; required with ListenTCP
+	ReadyFile       string        // receives the listening addresses; empty: off
 }
 
 // usageError is a bad command line or environment: exit code 2.
@@ -129,7 +137,7 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 	fs.SetOutput(stderr)
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "usage: weave-sidecar --backend URL [flags]\n\n"+
-			"Forwards Weave call_start/call_end from a Unix socket to the trace server in batches.\n"+
+			"Forwards Weave call_start/call_end from a Unix socket (or loopback TCP) to the trace server in batches.\n"+
 			"Every flag can also be set as %s<FLAG_NAME> (e.g. %s); a flag on the command line wins.\n\n",
 			envPrefix, envName("flush-interval"))
 		fs.PrintDefaults()
@@ -150,6 +158,9 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 	fs.Var(levelValue{&cfg.LogLevel}, "log-level", "debug, info, warn or error")
 	fs.StringVar(&cfg.MetricsAddr, "metrics-addr", "", "serve Prometheus /metrics, /healthz, /readyz and /debug/pprof/ over HTTP at PORT or HOST:PORT; a bare port binds 127.0.0.1 (empty: off)")
 	fs.Var(durationValue{&cfg.UnreadyAfter}, "unready-after", "/readyz answers 503 once backend requests have failed in a row this long")
+	fs.StringVar(&cfg.ListenTCP, "listen-tcp", "", "also listen on loopback TCP at 127.0.0.1:PORT (port 0: the OS chooses), for platforms without Unix sockets; "+
+		"each connection must first send hello with the token from "+tokenEnv+"; without an explicit --socket, TCP is the only listener (empty: off)")
+	fs.StringVar(&cfg.ReadyFile, "ready-file", "", "once listening, write the pid and listening addresses as JSON to this file, atomically (empty: off)")
 	fs.BoolVar(&cfg.Version, "version", false, "print the version and exit")
 
 	if err := fs.Parse(args); err != nil {
@@ -190,6 +201,10 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 	if envErr != nil {
 		return cfg, envErr
 	}
+	cfg.Token = auth.NewSecret(getenv(tokenEnv))
+	if cfg.ListenTCP != "" && !set["socket"] && getenv(envName("socket")) == "" {
+		cfg.Socket = "" // TCP only, unless a socket was asked for too
+	}
 	return cfg, cfg.validate()
 }
 
@@ -221,6 +236,17 @@ func (cfg *config) validate() error {
 		return bad("--parent-pid must not be negative")
 	case cfg.UnreadyAfter <= 0:
 		return bad("--unready-after must be positive")
+	}
+	if cfg.Socket == "" && cfg.ListenTCP == "" {
+		return bad("--socket is empty and --listen-tcp is not set: nothing to listen on")
+	}
+	if cfg.ListenTCP != "" {
+		if err := ingest.CheckTCPAddr(cfg.ListenTCP); err != nil {
+			return bad("--listen-tcp: %v", err)
+		}
+		if len(cfg.Token.Reveal()) < ingest.MinTokenLen {
+			return bad("--listen-tcp needs a random token of at least %d bytes in %s", ingest.MinTokenLen, tokenEnv)
+		}
 	}
 	addr, err := metrics.ResolveAddr(cfg.MetricsAddr)
 	if err != nil {

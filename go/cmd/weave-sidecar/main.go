@@ -170,14 +170,14 @@ func run(args []string, getenv func(string) string, stdin io.Reader, stdout, std
 		log.Info("metrics server listening", "addr", msrv.Addr())
 	}
 
-	ln, err := ingest.Listen(cfg.Socket)
+	srv := ingest.New(ingest.Config{Batcher: b, Stats: st, Hello: hello, Logger: log, Token: cfg.Token})
+	ready, err := listen(cfg, srv)
 	if err != nil {
+		srv.Close()
 		b.Close(context.Background())
 		return err
 	}
-	srv := ingest.New(ingest.Config{Batcher: b, Stats: st, Hello: hello, Logger: log})
-	srv.Serve(ln)
-	log.Info("weave-sidecar started", "version", version, "pid", os.Getpid(), "socket", cfg.Socket,
+	log.Info("weave-sidecar started", "version", version, "pid", os.Getpid(), "socket", ready.Unix, "tcp", ready.TCP,
 		"backend_host", host, "key_source", keySource,
 		"flush_interval", cfg.FlushInterval.String(), "flush_max_count", cfg.FlushMaxCount,
 		"flush_max_bytes", min(cfg.FlushMaxBytes, protocol.MaxBodyBytes), "max_queue_bytes", cfg.MaxQueueBytes,
@@ -191,6 +191,9 @@ func run(args []string, getenv func(string) string, stdin io.Reader, stdout, std
 	// close intake and drain within the shutdown bound.
 	deadline := start.Add(cfg.ShutdownTimeout)
 	srv.StopAccepting()
+	if cfg.ReadyFile != "" {
+		os.Remove(cfg.ReadyFile) // its addresses no longer answer
+	}
 	graceCtx, cancelGrace := context.WithTimeout(context.Background(), min(maxGrace, cfg.ShutdownTimeout/2))
 	srv.WaitIdle(graceCtx)
 	cancelGrace()
