@@ -406,6 +406,8 @@ func (d durableWriter) Write(p []byte) (int, error) {
 	return d.w.Write(p)
 }
 
+func itemBytes64(it backend.Item) int64 { return int64(ItemBytes(it)) }
+
 // loadLoop brings calls waiting on disk into memory, in order, while there
 // is room under MaxQueueBytes.
 func (b *Batcher) loadLoop() {
@@ -418,12 +420,13 @@ func (b *Batcher) loadLoop() {
 		}
 		for {
 			b.mu.Lock()
-			room := b.cfg.MaxQueueBytes - b.queueBytes
+			room, empty := b.cfg.MaxQueueBytes-b.queueBytes, b.queueItems == 0
 			b.mu.Unlock()
-			if room <= 0 {
+			if room <= 0 && !empty {
 				break
 			}
-			recs, lost, err := b.cfg.Spool.Next(room)
+			// A call larger than the whole budget still goes when memory is empty.
+			recs, lost, err := b.cfg.Spool.Next(room, empty, itemBytes64)
 			if err != nil {
 				// The records stay on disk for the next start.
 				b.log.Error("cannot read the spool; calls on disk wait for a restart", "err", err)

@@ -394,11 +394,11 @@ type Loaded struct {
 	Pos  Pos
 }
 
-// Next reads records not yet loaded, in order, until their payloads pass
-// maxBytes (at least one record when any is waiting). lost counts records
-// appended in this run that could not be read back. Next is meant for one
-// goroutine at a time.
-func (s *Spool) Next(maxBytes int64) (recs []Loaded, lost int64, err error) {
+// Next reads records not yet loaded, in order, while the sum of size over
+// them stays within maxBytes; with force, the first record is returned
+// even if it alone is larger. lost counts records appended in this run
+// that could not be read back. Next is meant for one goroutine at a time.
+func (s *Spool) Next(maxBytes int64, force bool, size func(backend.Item) int64) (recs []Loaded, lost int64, err error) {
 	s.mu.Lock()
 	if s.loaded == s.appended {
 		s.mu.Unlock()
@@ -414,8 +414,9 @@ func (s *Spool) Next(maxBytes int64) (recs []Loaded, lost int64, err error) {
 	s.mu.Unlock()
 
 	var bytes int64
+	full := false
 	for _, sg := range limits {
-		if bytes >= maxBytes && len(recs) > 0 {
+		if full {
 			break
 		}
 		start := int64(0)
@@ -431,7 +432,7 @@ func (s *Spool) Next(maxBytes int64) (recs []Loaded, lost int64, err error) {
 			return nil, 0, fmt.Errorf("spool: %w", err)
 		}
 		rd := NewReader(f, start, sg.size)
-		for bytes < maxBytes || len(recs) == 0 {
+		for {
 			it, err := rd.Next()
 			if errors.Is(err, io.EOF) {
 				break
@@ -440,11 +441,16 @@ func (s *Spool) Next(maxBytes int64) (recs []Loaded, lost int64, err error) {
 				f.Close()
 				return nil, 0, fmt.Errorf("spool: %w", err)
 			}
+			n := size(it)
+			if bytes+n > maxBytes && !(force && len(recs) == 0) {
+				full = true // read again next time
+				break
+			}
 			pos = Pos{Seg: sg.id, Off: rd.Offset()}
 			recs = append(recs, Loaded{Item: it, Pos: pos})
-			bytes += int64(len(it.Payload))
+			bytes += n
 		}
-		if rd.Offset() >= sg.size {
+		if !full && rd.Offset() >= sg.size {
 			pos = Pos{Seg: sg.id, Off: sg.size}
 		}
 		f.Close()

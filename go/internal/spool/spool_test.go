@@ -7,6 +7,8 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/weave-sidecar/weave-sidecar/go/internal/backend"
 )
 
 func openSpool(t *testing.T, dir string, maxBytes, segBytes int64) *Spool {
@@ -35,7 +37,7 @@ func loadAll(t *testing.T, s *Spool) []Loaded {
 	t.Helper()
 	var out []Loaded
 	for {
-		recs, lost, err := s.Next(1 << 20)
+		recs, lost, err := s.Next(1<<20, true, func(it backend.Item) int64 { return int64(len(it.Payload)) })
 		require.NoError(t, err)
 		assert.Zero(t, lost)
 		if len(recs) == 0 {
