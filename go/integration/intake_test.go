@@ -257,8 +257,10 @@ func TestFlushStatsAndIDs(t *testing.T) {
 		keys = append(keys, k)
 	}
 	sort.Strings(keys)
-	assert.Equal(t, []string{"accepted", "batches", "connections", "delivered", "failed", "http_requests",
-		"in_flight_items", "queued_bytes", "queued_items", "received", "refused", "retries"}, keys)
+	assert.Equal(t, []string{"accepted", "batches", "calls_received", "calls_refused", "connections", "delivered",
+		"failed", "http_requests", "in_flight_items", "queued_bytes", "queued_items", "received", "refused",
+		"rejected_connections", "replayed", "retries", "spool_bytes", "spool_corrupt_records", "spool_max_bytes",
+		"spooled_items"}, keys)
 }
 
 func TestQueueFull(t *testing.T) {
