@@ -5,6 +5,10 @@ defaults to the trace server URL the Weave SDK would use: WF_TRACE_SERVER_URL,
 else derived from WANDB_PUBLIC_BASE_URL / WANDB_BASE_URL, else
 https://trace.wandb.ai. On POSIX the binary replaces this process, so its
 exit code and signals are the process's own.
+
+``python -m weave_sidecar status --socket PATH`` runs the binary's ``status``
+command: it prints the counters of a running sidecar and exits 1 when none
+answers on PATH.
 """
 
 from __future__ import annotations
@@ -49,6 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     except SidecarNotFoundError as exc:
         print(f"python -m weave_sidecar: {exc}", file=sys.stderr)
         return 1
+    if args[:1] == ["status"]:
+        return _run(binary, args)
     asks_info = any(
         a in ("-h", "-help", "--help", "-version", "--version") for a in args
     )
@@ -60,6 +66,10 @@ def main(argv: list[str] | None = None) -> int:
         )
     if not asks_info and not _has_backend(args):
         args = ["--backend", default_backend(), *args]
+    return _run(binary, args)
+
+
+def _run(binary: str, args: list[str]) -> int:
     if sys.platform != "win32":
         os.execv(binary, [binary, *args])
     return subprocess.call([binary, *args])
