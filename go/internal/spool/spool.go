@@ -39,6 +39,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/weave-sidecar/weave-sidecar/go/internal/backend"
 )
@@ -107,6 +108,8 @@ type Spool struct {
 	syncMu    sync.Mutex   // one fsync round at a time
 	syncedOps atomic.Int64
 	syncErr   error // guarded by syncMu
+	syncs     atomic.Int64 // fsync rounds
+	syncNanos atomic.Int64 // time spent in them
 
 	cursorMu sync.Mutex
 	cursor   *os.File // guarded by cursorMu
@@ -361,7 +364,10 @@ func (s *Spool) Sync() error {
 	s.unsynced, s.dirDirty = nil, false
 	s.mu.Unlock()
 
+	start := time.Now()
 	err := syncFiles(old, active, dirty, s.dir)
+	s.syncs.Add(1)
+	s.syncNanos.Add(int64(time.Since(start)))
 	if err != nil {
 		s.syncErr = fmt.Errorf("spool: fsync: %w", err)
 		s.mu.Lock()
@@ -543,6 +549,12 @@ func (s *Spool) writeCursor(p Pos) error {
 		return fmt.Errorf("spool: cursor: %w", err)
 	}
 	return nil
+}
+
+// Syncs returns the number of fsync rounds so far and the time they took,
+// for benchmarks: calls per round is the group-commit window.
+func (s *Spool) Syncs() (int64, time.Duration) {
+	return s.syncs.Load(), time.Duration(s.syncNanos.Load())
 }
 
 // Usage is the spool's state for stats and readiness.

@@ -151,7 +151,7 @@ func TestReplayDamagedFiles(t *testing.T) {
 		require.NoError(t, s2.Close())
 	}
 	s3 := openSpool(t, dir, 1<<20, 0)
-	want := append(append(ids(0, 1), ids(2, 9)...))
+	want := append(ids(0, 1), ids(2, 9)...)
 	assert.Equal(t, want, loadedIDs(loadAll(t, s3)))
 	assert.Equal(t, int64(2), s3.Usage().Corrupt, "damage is counted once, at open")
 }
