@@ -107,7 +107,7 @@ type Spool struct {
 	appendOps atomic.Int64 // records written, for group commit
 	syncMu    sync.Mutex   // one fsync round at a time
 	syncedOps atomic.Int64
-	syncErr   error // guarded by syncMu
+	syncErr   error        // guarded by syncMu
 	syncs     atomic.Int64 // fsync rounds
 	syncNanos atomic.Int64 // time spent in them
 
