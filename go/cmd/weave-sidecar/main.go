@@ -156,18 +156,20 @@ func run(args []string, getenv func(string) string, stdin io.Reader, stdout, std
 	}
 
 	if met != nil {
+		// A port already taken does not stop delivery: launcher-spawned
+		// sidecars inherit WEAVE_SIDECAR_METRICS_ADDR and only one can bind.
 		msrv, err := metrics.Listen(cfg.MetricsAddr, met.Handler(), log)
 		if err != nil {
-			b.Close(context.Background())
-			return err
+			log.Error("metrics server not started; serving without it", "addr", cfg.MetricsAddr, "err", err)
+		} else {
+			// Served until the drain is over, so it can be watched.
+			defer func() {
+				ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+				defer cancel()
+				msrv.Close(ctx)
+			}()
+			log.Info("metrics server listening", "addr", msrv.Addr())
 		}
-		// Served until the drain is over, so it can be watched.
-		defer func() {
-			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-			defer cancel()
-			msrv.Close(ctx)
-		}()
-		log.Info("metrics server listening", "addr", msrv.Addr())
 	}
 
 	srv := ingest.New(ingest.Config{Batcher: b, Stats: st, Hello: hello, Logger: log, Token: cfg.Token})
