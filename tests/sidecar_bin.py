@@ -1,4 +1,8 @@
-"""The weave-sidecar binary for tests: the bundled one, built from go/ if needed."""
+"""The weave-sidecar binary for tests: the bundled one, built from go/ if needed.
+
+SIDECAR_TEST_BIN (read when this module is imported, before the fixtures scrub
+``WEAVE_*`` variables) names another binary, e.g. one built from a newer tree.
+"""
 
 from __future__ import annotations
 
@@ -11,10 +15,13 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 MAIN_GO = ROOT / "go" / "cmd" / "weave-sidecar" / "main.go"
+_OVERRIDE = os.environ.get("SIDECAR_TEST_BIN")
 
 
 def sidecar_bin() -> str:
     """Path of a usable binary; builds it into the source tree when Go is here."""
+    if _OVERRIDE:
+        return _OVERRIDE
     import weave_sidecar
     from weave_sidecar._find import find_in
 

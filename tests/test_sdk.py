@@ -29,10 +29,11 @@ PACKAGE_ROOT = str(Path(weave_sidecar.__file__).resolve().parents[1])
 def env(weave_env: dict[str, str]) -> Iterator[dict[str, str]]:
     """weave_env plus the sidecar switched on, a short runtime dir and our package."""
     runtime = tempfile.mkdtemp(prefix="wst-", dir="/tmp")
-    sidecar_bin()  # build or find it before any script needs it
     e = dict(weave_env)
     e.update(
         WEAVE_USE_SIDECAR="true",
+        # The binary these tests found or built, in every traced script.
+        WEAVE_SIDECAR_BIN=sidecar_bin(),
         XDG_RUNTIME_DIR=runtime,
         PYTHONPATH=PACKAGE_ROOT,
         # No shared sidecar from the developer's machine.
@@ -278,3 +279,121 @@ def test_pth_hook_is_inert_when_unset(env: dict[str, str]) -> None:
     )
     # The hook loads our small module, never weave itself.
     assert out.stdout.split() == ["True", "False"]
+
+
+# Follow-ups: lazy direct path, restarts, warnings, refusals, returned calls.
+
+
+def run_faults(
+    env: dict[str, str], *args: str
+) -> tuple[dict[str, Any], subprocess.CompletedProcess[str]]:
+    proc = run_script("faults.py", env, *args)
+    return last_json(proc), proc
+
+
+def warnings_by_pid(stderr: str) -> dict[int, int]:
+    """Fallback warnings per process id (faults.py logs "<pid> <logger> ...")."""
+    counts: dict[int, int] = {}
+    for line in stderr.splitlines():
+        if WARNING in line and " weave_sidecar WARNING " in line:
+            pid = int(line.split()[0])
+            counts[pid] = counts.get(pid, 0) + 1
+    return counts
+
+
+def via_sidecar(server: TraceServer) -> set[str]:
+    """Call ids whose start or end reached the server through the sidecar."""
+    sidecar_requests = {
+        r["seq"]
+        for r in server.requests("/call/upsert_batch")
+        if "weave-sidecar" in r["user_agent"].lower()
+    }
+    return {r["call_id"] for r in server.receipts() if r["request"] in sidecar_requests}
+
+
+def test_direct_processor_is_not_made_while_the_sidecar_works(
+    trace_server: TraceServer, project_id: str, env: dict[str, str]
+) -> None:
+    out, proc = run_faults(env, "healthy", project_id)
+    assert out["direct_processor"] is False
+    assert_exactly_once(trace_server, project_id, out["ids"])
+    assert via_sidecar(trace_server) >= set(out["ids"])
+    assert WARNING not in proc.stderr
+
+
+def test_lost_sidecar_is_restarted_twice_then_the_breaker_trips(
+    trace_server: TraceServer, project_id: str, env: dict[str, str]
+) -> None:
+    env["WEAVE_SIDECAR_RESPAWN_DELAYS"] = "0.2,0.4"
+    # Nothing is delivered without a flush, so a kill leaves only calls that
+    # were never delivered: exactly once even across the kills.
+    env["WEAVE_SIDECAR_FLUSH_INTERVAL"] = "60s"
+    out, proc = run_faults(env, "respawn", project_id)
+    assert len(set(out["pids"])) == 3  # the first sidecar and two restarts
+    assert out["status"]["state"] == "failed"
+    assert out["status"]["restarts"] == 2
+    assert_exactly_once(trace_server, project_id, out["ids"])
+    assert out["direct_processor"] is True
+    sidecar = via_sidecar(trace_server)
+    assert sidecar and not sidecar >= set(out["ids"])  # both paths were used
+    assert proc.stderr.count(WARNING) == 1, proc.stderr
+    assert "restarted in 0.2s (restart 1 of 2)" in proc.stderr
+    for pid in out["pids"]:
+        assert wait_gone(pid)
+
+
+def test_per_call_refusals_warn_once_per_process_forked_child_included(
+    trace_server: TraceServer, project_id: str, env: dict[str, str]
+) -> None:
+    env["WEAVE_CLIENT_PARALLELISM"] = "0"  # weave's pool does not survive fork
+    env["WEAVE_SIDECAR_FLUSH_INTERVAL"] = "60s"
+    env["WEAVE_SIDECAR_MAX_QUEUE_BYTES"] = "6000"  # a few calls, then queue_full
+    out, proc = run_faults(env, "refusals", project_id)
+    assert len(out["ids"]) == 90
+    assert_exactly_once(trace_server, project_id, out["ids"])
+    # Both paths carried calls, in the parent and in the child.
+    sidecar = via_sidecar(trace_server)
+    assert sidecar & set(out["child"]["ids"])
+    assert set(out["child"]["ids"]) - sidecar
+    assert set(out["ids"]) - set(out["child"]["ids"]) - sidecar
+    assert out["direct_processor"] is True
+    assert out["status"]["state"] == "open"
+    assert out["child"]["status"]["pid"] != out["status"]["pid"]
+    counts = warnings_by_pid(proc.stderr)
+    assert counts == {out["child_pid"]: 1, int(min(counts)): 1} and len(counts) == 2
+    assert "queue_full" in proc.stderr
+
+
+def test_calls_complete_project_goes_direct_exactly_once(
+    trace_server: TraceServer, project_id: str, env: dict[str, str]
+) -> None:
+    other = project_id + "-cc"
+    trace_server.faults.require_calls_complete(other)
+    out, proc = run_faults(env, "calls-complete", project_id, other)
+    ids, other_ids = out["ids"], out["other_ids"]
+    assert len(ids) == 15 and len(other_ids) == 10
+    assert trace_server.missing(ids + other_ids) == {"start": [], "end": []}
+    assert trace_server.duplicates() == []
+    # The sidecar delivered every call of the plain project, and none of the
+    # calls-complete project's; the latter went the SDK's way.
+    sidecar = via_sidecar(trace_server)
+    assert sidecar >= set(ids)
+    assert not sidecar & set(other_ids)
+    assert {c["id"] for c in trace_server.calls(other)} == set(other_ids)
+    assert out["status"]["state"] == "open"
+    assert proc.stderr.count(WARNING) == 1, proc.stderr
+
+
+def test_unauthorized_sidecar_hands_back_exactly_once(
+    trace_server: TraceServer, project_id: str, env: dict[str, str]
+) -> None:
+    # The sidecar's first batch is refused; the SDK's own requests are not.
+    trace_server.faults.script("/call/upsert_batch", [401])
+    out, proc = run_faults(env, "unauthorized", project_id)
+    assert len(out["ids"]) == 20
+    assert_exactly_once(trace_server, project_id, out["ids"])
+    assert not via_sidecar(trace_server)
+    assert out["status"]["state"] == "direct"
+    assert out["direct_processor"] is True
+    assert proc.stderr.count(WARNING) == 1, proc.stderr
+    assert "401/403" in proc.stderr
