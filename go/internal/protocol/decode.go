@@ -8,6 +8,7 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
+	"math/bits"
 	"unicode/utf8"
 )
 
@@ -61,6 +62,12 @@ type callFields struct {
 type decoder struct {
 	data []byte
 	pos  int
+	// clean means the line holds no byte below 0x20, so strings need only
+	// be searched for their closing quote and for backslashes.
+	clean bool
+	// escaped is set by str when the string it just read had an escape;
+	// keyEsc keeps it for the key being handled.
+	escaped, keyEsc bool
 
 	method     []byte
 	methodPos  int
@@ -79,10 +86,11 @@ func Decode(line []byte, req *Request) *Error {
 	if len(bytes.TrimSpace(line)) == 0 {
 		return errorf(CodeInvalidRequest, "empty line")
 	}
-	if !utf8.Valid(line) {
+	valid, control := scanLine(line)
+	if !valid {
 		return errorf(CodeInvalidRequest, "line is not valid UTF-8")
 	}
-	d := decoder{data: line}
+	d := decoder{data: line, clean: !control}
 	if err := d.top(req); err != nil {
 		req.ID = nil
 		return errorf(CodeInvalidRequest, "invalid JSON: %s", err)
@@ -177,12 +185,13 @@ func (d *decoder) fail(msg string) error { return &syntaxError{pos: d.pos, msg: 
 
 func (d *decoder) skipSpace() {
 	for d.pos < len(d.data) {
-		switch d.data[d.pos] {
-		case ' ', '\t', '\n', '\r':
-			d.pos++
-		default:
+		// All four whitespace bytes are at most ' ', which lets the usual
+		// case, a token right away, out after one comparison.
+		c := d.data[d.pos]
+		if c > ' ' || c != ' ' && c != '\t' && c != '\n' && c != '\r' {
 			return
 		}
+		d.pos++
 	}
 }
 
@@ -195,18 +204,18 @@ func (d *decoder) top(req *Request) error {
 	err := d.object(1, func(key []byte) error {
 		begin := d.pos
 		switch {
-		case keyIs(key, "id"):
+		case d.keyIs(key, "id"):
 			if err := d.value(1); err != nil {
 				return err
 			}
 			req.ID = d.data[begin:d.pos]
-		case keyIs(key, "method"):
+		case d.keyIs(key, "method"):
 			if err := d.value(1); err != nil {
 				return err
 			}
 			d.method, d.methodPos, d.methodSet = d.data[begin:d.pos], begin, true
 			d.methodStr = d.method[0] == '"'
-		case keyIs(key, "payload"):
+		case d.keyIs(key, "payload"):
 			if err := d.payload(); err != nil {
 				return err
 			}
@@ -236,9 +245,9 @@ func (d *decoder) payload() error {
 	return d.object(2, func(key []byte) error {
 		var f *callFields
 		switch {
-		case keyIs(key, "start"):
+		case d.keyIs(key, "start"):
 			f = &d.start
-		case keyIs(key, "end"):
+		case d.keyIs(key, "end"):
 			f = &d.end
 		default:
 			return d.value(2)
@@ -253,9 +262,9 @@ func (d *decoder) payload() error {
 			var dst *string
 			var why *string
 			switch {
-			case keyIs(key, "id"):
+			case d.keyIs(key, "id"):
 				dst, why = &f.id, &f.idErr
-			case keyIs(key, "project_id"):
+			case d.keyIs(key, "project_id"):
 				dst, why = &f.projectID, &f.projErr
 			default:
 				return d.value(3)
@@ -283,9 +292,10 @@ func (d *decoder) payload() error {
 	})
 }
 
-// keyIs reports whether the raw key (quotes stripped, escapes kept) is name.
-func keyIs(raw []byte, name string) bool {
-	if bytes.IndexByte(raw, '\\') < 0 {
+// keyIs reports whether the raw key (quotes stripped, escapes kept) of the
+// member being handled is name.
+func (d *decoder) keyIs(raw []byte, name string) bool {
+	if !d.keyEsc {
 		return string(raw) == name
 	}
 	s, err := unquote(append(append([]byte{'"'}, raw...), '"'))
@@ -325,7 +335,7 @@ func (d *decoder) object(depth int, member func(key []byte) error) error {
 		if err := d.str(); err != nil {
 			return err
 		}
-		key := d.data[begin+1 : d.pos-1]
+		key, esc := d.data[begin+1:d.pos-1], d.escaped
 		d.skipSpace()
 		if d.pos >= len(d.data) || d.data[d.pos] != ':' {
 			return d.fail("expected ':'")
@@ -335,6 +345,7 @@ func (d *decoder) object(depth int, member func(key []byte) error) error {
 		if d.pos >= len(d.data) {
 			return d.fail("unexpected end")
 		}
+		d.keyEsc = esc
 		if err := member(key); err != nil {
 			return err
 		}
@@ -475,9 +486,14 @@ func plain8(x uint64) bool {
 	return special == 0
 }
 
-// str parses a string token (UTF-8 validity was checked for the whole line).
+// str parses a string token (UTF-8 validity was checked for the whole
+// line) and sets d.escaped.
 func (d *decoder) str() error {
 	d.pos++ // opening quote
+	d.escaped = false
+	if d.clean {
+		return d.cleanStr()
+	}
 	for {
 		// Skip plain bytes eight at a time.
 		for d.pos+8 <= len(d.data) && plain8(binary.LittleEndian.Uint64(d.data[d.pos:])) {
@@ -497,23 +513,129 @@ func (d *decoder) str() error {
 		case c < 0x20:
 			return d.fail("control character in string")
 		}
-		// Backslash escape.
-		d.pos++
-		if d.pos >= len(d.data) {
-			return d.fail("unterminated string")
-		}
-		switch d.data[d.pos] {
-		case '"', '\\', '/', 'b', 'f', 'n', 'r', 't':
-			d.pos++
-		case 'u':
-			if len(d.data)-d.pos < 5 || !isHex4(d.data[d.pos+1:d.pos+5]) {
-				return d.fail("invalid \\u escape")
-			}
-			d.pos += 5
-		default:
-			return d.fail("invalid escape")
+		if err := d.escape(); err != nil {
+			return err
 		}
 	}
+}
+
+// cleanStr is str for a line without control characters: the string ends
+// at the first quote that no backslash escapes. The first bytes are
+// searched eight at a time, which suits keys and short values; the rest of
+// a long string goes to bytes.IndexByte.
+func (d *decoder) cleanStr() error {
+	for words := 0; words < 8 && d.pos+8 <= len(d.data); {
+		m := quoteOrSlash(binary.LittleEndian.Uint64(d.data[d.pos:]))
+		if m == 0 {
+			d.pos += 8
+			words++
+			continue
+		}
+		d.pos += bits.TrailingZeros64(m) >> 3
+		if d.data[d.pos] == '"' {
+			d.pos++
+			return nil
+		}
+		if err := d.escape(); err != nil {
+			return err
+		}
+	}
+	return d.longStr()
+}
+
+// longStr finishes a string in a clean line. Neither search looks at a
+// byte twice, however many escapes there are.
+func (d *decoder) longStr() error {
+	quote := -1 // position of the next '"' at or after d.pos
+	for {
+		if quote < d.pos {
+			i := bytes.IndexByte(d.data[d.pos:], '"')
+			if i < 0 {
+				d.pos = len(d.data)
+				return d.fail("unterminated string")
+			}
+			quote = d.pos + i
+		}
+		i := bytes.IndexByte(d.data[d.pos:quote], '\\')
+		if i < 0 {
+			d.pos = quote + 1
+			return nil
+		}
+		d.pos += i
+		if err := d.escape(); err != nil {
+			return err
+		}
+	}
+}
+
+// escape parses a backslash escape at d.pos and sets d.escaped.
+func (d *decoder) escape() error {
+	d.escaped = true
+	d.pos++ // backslash
+	if d.pos >= len(d.data) {
+		return d.fail("unterminated string")
+	}
+	switch d.data[d.pos] {
+	case '"', '\\', '/', 'b', 'f', 'n', 'r', 't':
+		d.pos++
+	case 'u':
+		if len(d.data)-d.pos < 5 || !isHex4(d.data[d.pos+1:d.pos+5]) {
+			return d.fail("invalid \\u escape")
+		}
+		d.pos += 5
+	default:
+		return d.fail("invalid escape")
+	}
+	return nil
+}
+
+// quoteOrSlash returns, for the eight bytes in x, a mask whose lowest set
+// bit is the high bit of the first '"' or '\\' (bits above it may be
+// spurious); zero when there is neither.
+func quoteOrSlash(x uint64) uint64 {
+	quote := x ^ (swarLo * '"')
+	slash := x ^ (swarLo * '\\')
+	return ((quote-swarLo)&^quote | (slash-swarLo)&^slash) & swarHi
+}
+
+// scanLine reports whether line is valid UTF-8 and whether it holds a byte
+// below 0x20. Printable ASCII, the usual content, is passed 32 bytes at a
+// time: a byte b below 0x80 is at least 0x20 exactly when b+0x60 has its
+// high bit set (no carry crosses bytes below 0xa0, and a byte at or above
+// 0x80 fails the test through ^x anyway).
+func scanLine(line []byte) (valid, control bool) {
+	const k = swarLo * 0x60
+	i := 0
+	for ; i+32 <= len(line); i += 32 {
+		a := binary.LittleEndian.Uint64(line[i:])
+		b := binary.LittleEndian.Uint64(line[i+8:])
+		c := binary.LittleEndian.Uint64(line[i+16:])
+		e := binary.LittleEndian.Uint64(line[i+24:])
+		if (a+k)&^a&(b+k)&^b&(c+k)&^c&(e+k)&^e&swarHi != swarHi {
+			break
+		}
+	}
+	rest := line[i:]
+	return utf8.Valid(rest), hasControl(rest)
+}
+
+// hasControl reports whether line holds a byte below 0x20, testing eight
+// bytes at a time (the test is exact about whether one exists).
+func hasControl(line []byte) bool {
+	i := 0
+	for ; i+16 <= len(line); i += 16 {
+		x := binary.LittleEndian.Uint64(line[i:])
+		y := binary.LittleEndian.Uint64(line[i+8:])
+		if ((x-swarLo*0x20)&^x|(y-swarLo*0x20)&^y)&swarHi != 0 {
+			return true
+		}
+	}
+	for ; i < len(line); i++ {
+		if line[i] < 0x20 {
+			return true
+		}
+	}
+	return false
 }
 
 func isHex4(b []byte) bool {

@@ -2,7 +2,9 @@ package protocol
 
 import (
 	"bytes"
+	"encoding/binary"
 	"encoding/json"
+	"math/bits"
 	"strings"
 	"testing"
 	"unicode/utf8"
@@ -184,4 +186,64 @@ func TestPlain8(t *testing.T) {
 		assert.False(t, plain8(x), "%q", s)
 	}
 	assert.True(t, plain8(0xe9e9e9e9e9e9e9e9))
+}
+
+func TestHasControl(t *testing.T) {
+	for _, n := range []int{1, 7, 8, 15, 16, 17, 33} {
+		for pos := range n {
+			for _, c := range []byte{0x00, 0x09, 0x1f, 0x20, 0x7f, 0x80, 0xff} {
+				b := bytes.Repeat([]byte{0xe9}, n)
+				b[pos] = c
+				if got, want := hasControl(b), c < 0x20; got != want {
+					t.Fatalf("hasControl with %#x at %d of %d = %v, want %v", c, pos, n, got, want)
+				}
+			}
+		}
+	}
+	assert.False(t, hasControl(nil))
+}
+
+func TestDecodeLongEscapedString(t *testing.T) {
+	// Many escapes before a far closing quote: each byte is scanned once, so
+	// this stays fast; the decoded fields are still exact.
+	s := strings.Repeat(`\n`, 200000) + strings.Repeat(`\"`, 1000)
+	line := `{"method":"call_start","payload":{"start":{"x":"` + s + `","id":"c\"1","project_id":"p\\"}}}`
+	var req Request
+	require.Nil(t, Decode([]byte(line), &req))
+	assert.Equal(t, `c"1`, req.CallID)
+	assert.Equal(t, `p\`, req.ProjectID)
+}
+
+func TestScanLine(t *testing.T) {
+	// One odd byte (or a UTF-8 sequence) at each position of printable
+	// lines around the 32-byte block size.
+	for _, n := range []int{0, 5, 31, 32, 33, 64, 70} {
+		for pos := range n {
+			for _, odd := range []string{"\x00", "\t", "\x1f", " ", "\x7f", "\x80", "\xa0", "\xff", "é", "\xe2\x82", "€"} {
+				b := append(bytes.Repeat([]byte{'a'}, pos), odd...)
+				b = append(b, bytes.Repeat([]byte{'a'}, max(0, n-pos-len(odd)))...)
+				valid, control := scanLine(b)
+				assert.Equal(t, utf8.Valid(b), valid, "valid %q", b)
+				assert.Equal(t, bytes.ContainsFunc(b, func(r rune) bool { return r < 0x20 }), control, "control %q", b)
+			}
+		}
+	}
+}
+
+func TestQuoteOrSlash(t *testing.T) {
+	for c := range 256 {
+		for pos := range 8 {
+			b := []byte("aaaaaaaa")
+			b[pos] = byte(c)
+			m := quoteOrSlash(binary.LittleEndian.Uint64(b))
+			if c != '"' && c != '\\' {
+				assert.Zero(t, m, "%#x at %d", c, pos)
+				continue
+			}
+			assert.Equal(t, pos*8+7, bits.TrailingZeros64(m), "%#x at %d", c, pos)
+		}
+	}
+	// The first of several specials is found, whatever follows it.
+	m := quoteOrSlash(binary.LittleEndian.Uint64([]byte("a\\\"\"\\\x00\xff\"")))
+	assert.Equal(t, 15, bits.TrailingZeros64(m))
 }
