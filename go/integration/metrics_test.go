@@ -97,7 +97,7 @@ func TestMetricsEndpoint(t *testing.T) {
 	})
 	// A long interval, so every batch is cut by a flush request.
 	sc := StartSidecar(t, be.URL, Options{Args: []string{"--metrics-addr", "127.0.0.1:0", "--unready-after", "1s",
-		"--flush-interval", "10m"}})
+		"--flush-interval", "10m", "--shutdown-timeout", "5s"}})
 	base := "http://" + metricsAddr(t, sc)
 
 	status, body := httpGet(t, base+"/healthz")
@@ -185,8 +185,14 @@ func TestMetricsEndpoint(t *testing.T) {
 	assert.Regexp(t, `\n  delivered +7\n`, string(out))
 	assert.Regexp(t, `\n  refused +1 \(unknown_method 1\)\n`, string(out))
 
+	// While it drains (a call held by a new outage), it is not ready.
+	down.Store(true)
+	c.Send(t, StartLine("e/p", "m-drain", 100))
+	require.True(t, c.Read(t).Success)
 	sc.Signal(t, syscall.SIGTERM)
-	assert.Equal(t, 0, sc.Wait(t, 30*time.Second))
+	body = waitStatus(t, base+"/readyz", http.StatusServiceUnavailable, 30*time.Second)
+	assert.Equal(t, "not ready: shutting down\n", body)
+	assert.Equal(t, 0, sc.Wait(t, 60*time.Second))
 }
 
 func TestMetricsAddrInUse(t *testing.T) {

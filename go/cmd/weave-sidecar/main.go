@@ -188,6 +188,9 @@ func run(args []string, getenv func(string) string, stdin io.Reader, stdout, std
 	reason := waitForStop(cfg, stdin)
 	start := time.Now()
 	log.Info("shutting down", "reason", reason)
+	if met != nil {
+		met.Stopping()
+	}
 
 	// Stop taking connections, let the lines already sent be read, then
 	// close intake and drain within the shutdown bound.

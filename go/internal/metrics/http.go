@@ -39,10 +39,17 @@ func ResolveAddr(s string) (string, error) {
 	return net.JoinHostPort(host, port), nil
 }
 
+// Stopping marks the sidecar as shutting down: it is not ready from now on.
+func (m *Metrics) Stopping() { m.stopping.Store(true) }
+
 // Ready reports whether the sidecar should get traffic, and why not: it is
-// not ready while backend requests have failed in a row for longer than
-// Config.FailureThreshold, or while the spool is more than 90% full.
+// not ready once Stopping was called, while backend requests have failed in
+// a row for longer than Config.FailureThreshold, or while the spool is more
+// than 90% full.
 func (m *Metrics) Ready() (bool, string) {
+	if m.stopping.Load() {
+		return false, "shutting down"
+	}
 	if d, n := m.failing(); d > m.cfg.FailureThreshold {
 		return false, fmt.Sprintf("backend requests have failed for %s (%d attempts in a row; threshold %s)",
 			d.Round(time.Second), n, m.cfg.FailureThreshold)

@@ -12,6 +12,7 @@ package metrics
 import (
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -54,6 +55,8 @@ type Metrics struct {
 	cuts       *prometheus.CounterVec
 	latency    prometheus.Histogram
 	answers    *prometheus.CounterVec
+
+	stopping atomic.Bool // set by Stopping; /readyz answers 503 from then on
 
 	mu        sync.Mutex
 	failSince time.Time // guarded by mu; start of the current failure streak, zero when none

@@ -212,6 +212,11 @@ func TestReady(t *testing.T) {
 	assert.Equal(t, "spool is 90% full (901 of 1000 bytes)", why)
 	text := scrape(t, m)
 	assert.Contains(t, text, "\nweave_sidecar_spool_bytes 901\n")
+	spoolBytes = 0
+	m.Stopping()
+	ok, why = m.Ready()
+	assert.False(t, ok)
+	assert.Equal(t, "shutting down", why)
 	assert.Contains(t, text, "\nweave_sidecar_spool_max_bytes 1000\n")
 	assert.Contains(t, text, "\nweave_sidecar_spooled_items 4\n")
 	assert.Contains(t, text, "\nweave_sidecar_spool_replayed_total 6\n")
