@@ -43,6 +43,7 @@ PROTOCOL_VERSION = 1
 PER_CALL_CODES = frozenset(
     {
         "queue_full",
+        "spool_full",  # --spool-max-bytes reached or the disk is full
         "call_too_large",
         "line_too_long",
         "invalid_request",
