@@ -38,10 +38,12 @@ at the end of the hook.
 Fork: weave 0.54's own thread pools do not survive ``fork``: futures pending in
 the parent never finish in a child and its thread pool starts no workers, so a
 forked child's ops would never reach this module. That is the SDK's limit, not
-the sidecar's; a forked child needs ``WEAVE_CLIENT_PARALLELISM=0`` (the SDK then
-runs its deferred work inline, which costs the child's traced code the time of
-that work, about the cost of each op's own bookkeeping) and the parent should
-flush before forking. ``spawn`` children are unaffected.
+the sidecar's; a forked child needs ``WEAVE_CLIENT_PARALLELISM=0`` and the
+parent should flush before forking. The cost: the SDK then runs its deferred
+per-op work (saving the op and new input objects, which can mean HTTP
+requests, and handing the call to this processor) on the calling thread, so
+each op returns later. ``spawn`` children are unaffected. The sidecar side is
+fork-safe on its own (see ``_link``).
 """
 
 from __future__ import annotations
