@@ -25,6 +25,14 @@ func TestParseConfig(t *testing.T) {
 			assert.Equal(t, 30*time.Second, cfg.RequestTimeout)
 			assert.Equal(t, int64(256<<20), cfg.MaxQueueBytes)
 			assert.Equal(t, slog.LevelInfo, cfg.LogLevel)
+			assert.Empty(t, cfg.SpoolDir, "the spool is off by default")
+			assert.Equal(t, int64(1<<30), cfg.SpoolMaxBytes)
+		}},
+		{"spool from the environment", []string{"--backend", "http://h"}, map[string]string{
+			"WEAVE_SIDECAR_SPOOL_DIR": "/var/tmp/wsc", "WEAVE_SIDECAR_SPOOL_MAX_BYTES": "1048576",
+		}, func(t *testing.T, cfg config) {
+			assert.Equal(t, "/var/tmp/wsc", cfg.SpoolDir)
+			assert.Equal(t, int64(1<<20), cfg.SpoolMaxBytes)
 		}},
 		{"env fills unset flags", []string{"--flush-max-count", "7"}, map[string]string{
 			"WEAVE_SIDECAR_BACKEND": "https://h.example/p", "WEAVE_SIDECAR_FLUSH_MAX_COUNT": "9",
@@ -69,6 +77,7 @@ func TestParseConfigErrors(t *testing.T) {
 		{"bad env names the variable, not the value", []string{"--backend", "http://h"},
 			map[string]string{"WEAVE_SIDECAR_MAX_QUEUE_BYTES": "s3cret"}, "WEAVE_SIDECAR_MAX_QUEUE_BYTES"},
 		{"positional", []string{"--backend", "http://h", "x"}, nil, `unexpected argument "x"`},
+		{"zero spool bytes", []string{"--backend", "http://h", "--spool-max-bytes", "0"}, nil, "--spool-max-bytes must be positive"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := parseConfig(tc.args, func(k string) string { return tc.env[k] }, &bytes.Buffer{})

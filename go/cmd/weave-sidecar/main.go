@@ -125,6 +125,9 @@ func run(args []string, getenv func(string) string, stdin io.Reader, stdout, std
 			if err := sp.Close(); err != nil {
 				log.Error("closing the spool", "err", err)
 			}
+			if u := sp.Usage(); u.Bytes > 0 {
+				log.Info("calls left in the spool for the next start", "dir", cfg.SpoolDir, "bytes", u.Bytes)
+			}
 		}()
 		u := sp.Usage()
 		log.Info("spool open", "dir", cfg.SpoolDir, "max_bytes", cfg.SpoolMaxBytes, "bytes", u.Bytes,
