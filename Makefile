@@ -55,6 +55,7 @@ test-go: $(BIN)
 
 test-fuzz:
 	cd go && $(GO) test -run='^$$' -fuzz='^FuzzDecode' -fuzztime=$(FUZZTIME) ./internal/protocol
+	cd go && $(GO) test -run='^$$' -fuzz='^FuzzReadSegment$$' -fuzztime=$(FUZZTIME) ./internal/spool
 
 test-py: install
 	$(PY) -m pytest
