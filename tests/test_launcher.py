@@ -7,6 +7,7 @@ import socket
 import stat
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -195,3 +196,67 @@ def test_handshake_refuses_non_sidecar(short_dir: str) -> None:
         handshake(client, 5)
     for s in (client, peer, server):
         s.close()
+
+
+@pytest.mark.parametrize(
+    ("raw", "want"),
+    [(None, (1.0, 5.0)), ("0", ()), ("", ()), ("0.5,2", (0.5, 2.0)), ("x", (1.0, 5.0))],
+    ids=["default", "off", "empty", "list", "malformed"],
+)
+def test_respawn_delays(
+    monkeypatch: pytest.MonkeyPatch, raw: str | None, want: tuple[float, ...]
+) -> None:
+    from weave_sidecar._link import RESPAWN_DELAYS_ENV, respawn_delays
+
+    if raw is not None:
+        monkeypatch.setenv(RESPAWN_DELAYS_ENV, raw)
+    assert respawn_delays() == want
+
+
+class _Owner:
+    def __init__(self) -> None:
+        self.direct: list[object] = []
+
+    def send_direct(self, item: object) -> None:
+        self.direct.append(item)
+
+
+def test_lost_sidecar_is_not_restarted_during_exit(
+    short_dir: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from weave_sidecar import _link
+
+    monkeypatch.setenv("XDG_RUNTIME_DIR", short_dir)
+    monkeypatch.setenv("WEAVE_SIDECAR_BIN", sidecar_bin())
+    monkeypatch.setenv("WEAVE_SIDECAR_SOCKET", os.path.join(short_dir, "none"))
+    monkeypatch.setenv(_link.RESPAWN_DELAYS_ENV, "0")
+    # Nothing listens at the backend: do not wait for delivery at close.
+    monkeypatch.setenv("WEAVE_SIDECAR_FLUSH_TIMEOUT", "0.2")
+    monkeypatch.setenv("WEAVE_SIDECAR_EXIT_TIMEOUT", "0.5")
+    link = _link.Link("http://127.0.0.1:9", "k")
+    try:
+        assert link.start()
+        status = link.status()
+        owner = _Owner()
+        # The sidecar is lost with one unconfirmed call: it goes direct.
+        os.kill(status["pid"], 9)
+        payload = b'{"start":{"id":"a","project_id":"e/p"}}'
+        link.submit("call_start", payload, owner, "a")
+        deadline = time.monotonic() + 30
+        while link.status()["state"] != "failed" and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert link.status()["state"] == "failed"
+        assert owner.direct == ["a"]
+        # A restart is due, but the exit hook has begun: nothing is started.
+        link._retry_at = 0.0
+        monkeypatch.setattr(_link, "_exiting", True)
+        assert not link.submit("call_start", payload, owner, "b")
+        assert link.status()["restarts"] == 0
+        assert link.status()["pid"] == status["pid"]
+        # Outside exit the same call would restart it.
+        monkeypatch.setattr(_link, "_exiting", False)
+        assert link.submit("call_start", payload, owner, "c")
+        assert link.status()["restarts"] == 1
+        assert link.status()["pid"] != status["pid"]
+    finally:
+        link.close()

@@ -360,7 +360,9 @@ def test_per_call_refusals_warn_once_per_process_forked_child_included(
     assert out["status"]["state"] == "open"
     assert out["child"]["status"]["pid"] != out["status"]["pid"]
     counts = warnings_by_pid(proc.stderr)
-    assert counts == {out["child_pid"]: 1, int(min(counts)): 1} and len(counts) == 2
+    # One warning in the parent and one in the forked child, despite many refusals.
+    assert out["child_pid"] in counts
+    assert sorted(counts.values()) == [1, 1], proc.stderr
     assert "queue_full" in proc.stderr
 
 
