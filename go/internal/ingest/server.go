@@ -207,26 +207,42 @@ type conn struct {
 	// must be a hello carrying the token (see authenticate).
 	needToken bool
 
-	slab []byte // unused tail of the current payload chunk
+	slab    []byte // unused tail of the current payload chunk
+	project string // the last call's project_id
+}
+
+// connReader is what the line reader reads the connection through. Before
+// each read, which may wait for the client, it writes out the answers
+// buffered so far: answers go out in one write per read, and never wait
+// for input that may not come (a client that wrote part of a line still
+// gets the answers to the lines before it).
+type connReader struct {
+	cn *conn
+	w  *writer
+	lr *protocol.LineReader
+}
+
+func (r *connReader) Read(p []byte) (int, error) {
+	if err := r.w.Flush(); err != nil {
+		return 0, err
+	}
+	// A partial line in the buffer is a request in hand: not idle.
+	r.cn.idle.Store(r.lr.Buffered() == 0)
+	n, err := r.cn.c.Read(p)
+	r.cn.idle.Store(false)
+	return n, err
 }
 
 func (s *Server) serveConn(cn *conn) {
 	defer cn.c.Close()
-	lr := protocol.NewLineReader(cn.c, readBufSize, s.cfg.MaxLineBytes)
-	w := newWriter(s.cfg.Batcher.Durable(cn.c))
+	r := &connReader{cn: cn, w: newWriter(s.cfg.Batcher.Durable(cn.c))}
+	r.lr = protocol.NewLineReader(r, readBufSize, s.cfg.MaxLineBytes)
+	lr, w := r.lr, r.w
 	var out []byte
 	var req protocol.Request
+	var tooLong *protocol.LineTooLongError // out of the loop: errors.As makes it escape
 	for {
-		if lr.Buffered() == 0 {
-			if err := w.Flush(); err != nil {
-				s.log.Debug("connection write failed", "err", err)
-				return
-			}
-			cn.idle.Store(true)
-		}
 		line, err := lr.Next()
-		cn.idle.Store(false)
-		var tooLong *protocol.LineTooLongError
 		switch {
 		case err == nil:
 		case errors.As(err, &tooLong):
@@ -249,7 +265,7 @@ func (s *Server) serveConn(cn *conn) {
 				return
 			}
 			if !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {
-				s.log.Debug("connection read failed", "err", err)
+				s.log.Debug("connection failed", "err", err)
 			}
 			w.Flush()
 			return
@@ -278,7 +294,7 @@ func (s *Server) handle(cn *conn, w *writer, line []byte, req *protocol.Request,
 	}
 	switch req.Method {
 	case protocol.MethodCallStart, protocol.MethodCallEnd:
-		it := backend.Item{Mode: backend.ModeStart, ID: req.CallID, ProjectID: req.ProjectID,
+		it := backend.Item{Mode: backend.ModeStart, ID: string(req.CallID), ProjectID: cn.projectID(req.ProjectID),
 			Payload: cn.copyPayload(req.Payload)}
 		if req.Method == protocol.MethodCallEnd {
 			it.Mode = backend.ModeEnd
@@ -325,6 +341,15 @@ func (s *Server) handle(cn *conn, w *writer, line []byte, req *protocol.Request,
 		}
 		return protocol.AppendResult(out, req.ID, res)
 	}
+}
+
+// projectID returns p as a string, reusing the last call's: calls on one
+// connection nearly always share their project.
+func (cn *conn) projectID(p []byte) string {
+	if string(p) != cn.project {
+		cn.project = string(p)
+	}
+	return cn.project
 }
 
 // copyPayload copies p out of the read buffer. The copy is never written

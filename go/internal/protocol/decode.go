@@ -45,15 +45,17 @@ type Request struct {
 	Method  Method
 	Payload []byte // the raw JSON "payload" value, nil when absent
 
-	// For call_start and call_end: the call's id and project_id.
-	CallID    string
-	ProjectID string
+	// For call_start and call_end: the call's id and project_id,
+	// unescaped. They point into the line unless the JSON string held an
+	// escape; either way they are never written to.
+	CallID    []byte
+	ProjectID []byte
 }
 
 // callFields are the id and project_id found in one of "start" or "end".
 type callFields struct {
 	present        bool // the key was there and held an object
-	id, projectID  string
+	id, projectID  []byte
 	idErr, projErr string // why a field is unusable, "" when fine
 }
 
@@ -259,7 +261,7 @@ func (d *decoder) payload() error {
 		f.present = true
 		f.idErr, f.projErr = "is missing", "is missing"
 		return d.object(3, func(key []byte) error {
-			var dst *string
+			var dst *[]byte
 			var why *string
 			switch {
 			case d.keyIs(key, "id"):
@@ -274,18 +276,20 @@ func (d *decoder) payload() error {
 				return err
 			}
 			raw := d.data[begin:d.pos]
-			*dst, *why = "", ""
+			*dst, *why = nil, ""
 			switch {
 			case raw[0] != '"':
 				*why = "must be a string"
 			case len(raw) == 2:
 				*why = "must not be empty"
+			case !d.escaped:
+				*dst = raw[1 : len(raw)-1]
 			default:
 				s, err := unquote(raw)
 				if err != nil {
 					return err
 				}
-				*dst = s
+				*dst = []byte(s)
 			}
 			return nil
 		})

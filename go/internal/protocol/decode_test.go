@@ -48,8 +48,8 @@ func TestDecodeAccepts(t *testing.T) {
 			require.Nil(t, err)
 			assert.Equal(t, tc.method, req.Method)
 			assert.Equal(t, tc.id, string(req.ID))
-			assert.Equal(t, tc.callID, req.CallID)
-			assert.Equal(t, tc.projectID, req.ProjectID)
+			assert.Equal(t, tc.callID, string(req.CallID))
+			assert.Equal(t, tc.projectID, string(req.ProjectID))
 			assert.Equal(t, tc.payload, string(req.Payload))
 		})
 	}
@@ -154,8 +154,8 @@ func FuzzDecode(f *testing.F) {
 		var id, project string
 		require.NoError(t, json.Unmarshal(inner["id"], &id))
 		require.NoError(t, json.Unmarshal(inner["project_id"], &project))
-		assert.Equal(t, id, req.CallID)
-		assert.Equal(t, project, req.ProjectID)
+		assert.Equal(t, id, string(req.CallID))
+		assert.Equal(t, project, string(req.ProjectID))
 	})
 }
 
@@ -210,8 +210,8 @@ func TestDecodeLongEscapedString(t *testing.T) {
 	line := `{"method":"call_start","payload":{"start":{"x":"` + s + `","id":"c\"1","project_id":"p\\"}}}`
 	var req Request
 	require.Nil(t, Decode([]byte(line), &req))
-	assert.Equal(t, `c"1`, req.CallID)
-	assert.Equal(t, `p\`, req.ProjectID)
+	assert.Equal(t, `c"1`, string(req.CallID))
+	assert.Equal(t, `p\`, string(req.ProjectID))
 }
 
 func TestScanLine(t *testing.T) {
