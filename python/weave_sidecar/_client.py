@@ -71,8 +71,13 @@ _HEADS = {
 }
 
 
-def handshake(sock: socket.socket, timeout: float) -> dict[str, Any]:
+def handshake(
+    sock: socket.socket, timeout: float, token: str | None = None
+) -> dict[str, Any]:
     """Send `hello` on a fresh connection and return the checked result.
+
+    `token` is required on a TCP connection (docs/protocol.md); no message
+    raised here ever contains it.
 
     Raises:
         SidecarStartError: no answer within `timeout` or the connection closed.
@@ -80,7 +85,11 @@ def handshake(sock: socket.socket, timeout: float) -> dict[str, Any]:
     """
     sock.settimeout(timeout)
     try:
-        sock.sendall(b'{"method":"hello","payload":{"protocol":1}}\n')
+        payload: dict[str, Any] = {"protocol": PROTOCOL_VERSION}
+        if token is not None:
+            payload["token"] = token
+        request = {"method": "hello", "payload": payload}
+        sock.sendall(json.dumps(request, separators=(",", ":")).encode() + b"\n")
         buf = b""
         while b"\n" not in buf:
             chunk = sock.recv(65536)

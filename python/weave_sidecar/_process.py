@@ -3,9 +3,15 @@
 The private sidecar of one Python process:
 - listens on `s` in a fresh 0700 directory (`wsc-*` under XDG_RUNTIME_DIR or
   TMPDIR, or /tmp when that path would not fit in a Unix socket address);
-- runs in its own session, so a terminal Ctrl-C reaches Python only and the
-  sidecar is still there to take the last `call_end`;
-- gets the backend and the API key through its environment, never argv;
+- or, where Python has no `socket.AF_UNIX` (Windows) or
+  WEAVE_SIDECAR_TRANSPORT=tcp, listens on 127.0.0.1 at a port the OS picks,
+  reported through its ready file in that directory, and serves only
+  connections whose `hello` carries a random token made for this launch;
+- runs in its own session (process group on Windows), so a terminal Ctrl-C
+  reaches Python only and the sidecar is still there to take the last
+  `call_end`;
+- gets the backend, the API key and the token through its environment, never
+  argv;
 - watches `--parent-pid` and its stdin, a pipe this process never writes to:
   EOF (this process exited or was killed) makes it drain and exit;
 - writes its log to `sidecar.log` in its directory, never to our stdout/stderr.
@@ -13,7 +19,9 @@ The private sidecar of one Python process:
 
 from __future__ import annotations
 
+import json
 import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -29,6 +37,9 @@ from ._exceptions import SidecarStartError
 MAX_SOCKET_PATH = 104
 START_TIMEOUT_ENV = "WEAVE_SIDECAR_START_TIMEOUT"
 DEFAULT_START_TIMEOUT = 5.0
+# "tcp" forces the loopback TCP transport where Unix sockets exist too.
+TRANSPORT_ENV = "WEAVE_SIDECAR_TRANSPORT"
+TOKEN_ENV = "WEAVE_SIDECAR_TOKEN"
 
 # Variables only the Python side reads; the binary maps WEAVE_SIDECAR_<FLAG>
 # to flags, so these are not passed on.
@@ -39,7 +50,21 @@ _PYTHON_ONLY_ENV = (
     "WEAVE_SIDECAR_EXIT_TIMEOUT",
     "WEAVE_SIDECAR_FLUSH_TIMEOUT",
     "WEAVE_SIDECAR_CLIENT_MAX_BYTES",
+    TRANSPORT_ENV,
 )
+# How the binary listens is ours to decide, whatever the environment says.
+_LAUNCHER_SET_ENV = (
+    TOKEN_ENV,
+    "WEAVE_SIDECAR_LISTEN_TCP",
+    "WEAVE_SIDECAR_READY_FILE",
+)
+
+
+def use_tcp() -> bool:
+    """True where the sidecar must be reached over loopback TCP, not a socket file."""
+    if not hasattr(socket, "AF_UNIX"):
+        return True
+    return os.environ.get(TRANSPORT_ENV, "").strip().lower() == "tcp"
 
 
 def env_seconds(name: str, default: float) -> float:
@@ -54,8 +79,10 @@ def env_seconds(name: str, default: float) -> float:
     return value if value > 0 else default
 
 
-def make_socket_dir() -> tuple[str, str]:
+def make_socket_dir(for_socket: bool = True) -> tuple[str, str]:
     """Create a private directory for the socket; return (dir, socket path).
+
+    Without `for_socket` (TCP) the path length does not matter.
 
     Raises:
         SidecarStartError: the directory cannot be created.
@@ -63,7 +90,7 @@ def make_socket_dir() -> tuple[str, str]:
     base = os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
     # mkdtemp adds 8 random characters after the prefix.
     probe = os.path.join(base, "wsc-" + "x" * 8, "s")
-    if len(os.fsencode(probe)) >= MAX_SOCKET_PATH:
+    if for_socket and len(os.fsencode(probe)) >= MAX_SOCKET_PATH:
         base = "/tmp"
     try:
         directory = tempfile.mkdtemp(prefix="wsc-", dir=base)
@@ -75,7 +102,13 @@ def make_socket_dir() -> tuple[str, str]:
 
 
 def connect(path: str, timeout: float) -> socket.socket:
-    """Connect to a Unix socket; OSError when nobody listens there."""
+    """Connect to a Unix socket; OSError when nobody listens there.
+
+    Also OSError when `use_tcp()`: then no Unix socket is used at all, not
+    even a shared sidecar's.
+    """
+    if use_tcp():
+        raise OSError(f"not using Unix sockets ({TRANSPORT_ENV}=tcp or no AF_UNIX)")
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.settimeout(timeout)
@@ -87,17 +120,41 @@ def connect(path: str, timeout: float) -> socket.socket:
     return sock
 
 
+def connect_tcp(address: str, timeout: float) -> socket.socket:
+    """Connect to `127.0.0.1:PORT`; OSError when nobody listens there."""
+    host, _, port = address.rpartition(":")
+    sock = socket.create_connection((host, int(port)), timeout)
+    try:
+        # Lines are joined into large writes already; never wait on Nagle.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.settimeout(None)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
 class SidecarProcess:
-    """A sidecar this process spawned; `stop()` ends it and removes its directory."""
+    """A sidecar this process spawned; `stop()` ends it and removes its directory.
+
+    `socket_path` is where it listens: the socket file, or `127.0.0.1:PORT`
+    once a TCP sidecar is ready.
+    """
 
     def __init__(
-        self, proc: subprocess.Popen[bytes], directory: str, socket_path: str
+        self,
+        proc: subprocess.Popen[bytes],
+        directory: str,
+        socket_path: str,
+        token: str | None = None,
     ) -> None:
         self.proc = proc
         self.directory = directory
         self.socket_path = socket_path
         self.log_path = os.path.join(directory, "sidecar.log")
+        self.ready_path = os.path.join(directory, "ready")
         self.owner_pid = os.getpid()
+        self._token = token  # TCP only; never logged or put in a message
 
     @classmethod
     def spawn(
@@ -110,16 +167,27 @@ class SidecarProcess:
                 answer `hello` within `timeout` seconds.
             SidecarProtocolError: it answered with another protocol.
         """
-        if not hasattr(socket, "AF_UNIX"):
-            raise SidecarStartError("this platform has no Unix sockets")
-        directory, path = make_socket_dir()
-        env = {k: v for k, v in os.environ.items() if k not in _PYTHON_ONLY_ENV}
+        tcp = use_tcp()
+        directory, path = make_socket_dir(for_socket=not tcp)
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if k not in _PYTHON_ONLY_ENV and k not in _LAUNCHER_SET_ENV
+        }
         env["WEAVE_SIDECAR_BACKEND"] = backend
         env["WEAVE_SIDECAR_API_KEY"] = api_key
+        token: str | None = None
+        if tcp:
+            token = secrets.token_urlsafe(32)
+            env[TOKEN_ENV] = token
+            path = ""  # known once the ready file names the port
+            listen = ["--listen-tcp", "127.0.0.1:0"]
+            listen += ["--ready-file", os.path.join(directory, "ready")]
+        else:
+            listen = ["--socket", path]
         argv = [
             binary,
-            "--socket",
-            path,
+            *listen,
             "--parent-pid",
             str(os.getpid()),
             "--exit-on-stdin-eof",
@@ -127,6 +195,9 @@ class SidecarProcess:
         log: IO[bytes] | None = None
         try:
             log = open(os.path.join(directory, "sidecar.log"), "ab")
+            creationflags = 0
+            if sys.platform == "win32":
+                creationflags = subprocess.CREATE_NEW_PROCESS_GROUP
             proc = subprocess.Popen(
                 argv,
                 stdin=subprocess.PIPE,
@@ -134,7 +205,8 @@ class SidecarProcess:
                 stderr=subprocess.STDOUT,
                 env=env,
                 close_fds=True,
-                start_new_session=True,
+                start_new_session=sys.platform != "win32",
+                creationflags=creationflags,
             )
         except OSError as exc:
             shutil.rmtree(directory, ignore_errors=True)
@@ -142,7 +214,7 @@ class SidecarProcess:
         finally:
             if log is not None:
                 log.close()
-        sidecar = cls(proc, directory, path)
+        sidecar = cls(proc, directory, path, token)
         try:
             sock, hello = sidecar._wait_ready(timeout)
         except BaseException:
@@ -162,21 +234,39 @@ class SidecarProcess:
                 )
             remaining = deadline - time.monotonic()
             if remaining <= 0:
+                where = self.socket_path or "127.0.0.1"
                 raise SidecarStartError(
-                    f"the sidecar did not answer on {self.socket_path} "
-                    f"within {timeout:g}s"
+                    f"the sidecar did not answer on {where} within {timeout:g}s"
                 )
             try:
-                sock = connect(self.socket_path, remaining)
+                if self._token is None:
+                    sock = connect(self.socket_path, remaining)
+                else:
+                    sock = self._connect_tcp(remaining)
             except OSError:
                 time.sleep(min(delay, max(remaining, 0)))
                 delay = min(delay * 2, 0.05)
                 continue
             try:
-                return sock, handshake(sock, max(deadline - time.monotonic(), 0.001))
+                left = max(deadline - time.monotonic(), 0.001)
+                return sock, handshake(sock, left, self._token)
             except BaseException:
                 sock.close()
                 raise
+
+    def _connect_tcp(self, timeout: float) -> socket.socket:
+        """Connect to the port the ready file names; OSError until it exists."""
+        if not self.socket_path:
+            with open(self.ready_path, "rb") as f:  # renamed into place whole
+                ready = json.loads(f.read())
+            address = ready.get("tcp") if isinstance(ready, dict) else None
+            if not isinstance(address, str) or not address.startswith("127.0.0.1:"):
+                raise SidecarStartError(
+                    f"the sidecar's ready file {self.ready_path} names no "
+                    "127.0.0.1 address"
+                )
+            self.socket_path = address
+        return connect_tcp(self.socket_path, timeout)
 
     def last_log_line(self) -> str:
         try:
