@@ -17,7 +17,8 @@ GO_SOURCES := $(shell find go -name '*.go' -not -name '*_test.go') go/go.mod go/
 PY_SOURCES := $(shell find python -name '*.py') setup.py pyproject.toml
 FUZZTIME ?= 15s
 
-.PHONY: all venv build install demo test test-go test-fuzz test-py check bench clean
+.PHONY: all venv build install demo test test-go test-fuzz test-py check bench clean \
+	wheels check-wheels lint-workflows qemu
 
 all: install
 
@@ -59,6 +60,43 @@ test-fuzz:
 
 test-py: install
 	$(PY) -m pytest
+
+# Wheels for every platform, cross-compiled here (CGO_ENABLED=0), plus the sdist.
+# Each wheel is built from the sdist in a fresh temp dir, so no build/ output
+# leaks from one target into the next and the sdist is proven complete.
+WHEEL_TARGETS := linux/amd64 linux/arm64 darwin/amd64 darwin/arm64 windows/amd64
+SDIST := dist/weave_sidecar-$(VERSION).tar.gz
+ACTIONLINT := github.com/rhysd/actionlint/cmd/actionlint@v1.7.12
+
+dist/.built: $(VENV)/.deps $(GO_SOURCES) $(PY_SOURCES) MANIFEST.in README.md
+	rm -rf dist
+	mkdir -p build
+	$(PY) -m build -q --sdist --no-isolation --outdir dist . > build/sdist.log 2>&1 \
+		|| (cat build/sdist.log; exit 1)
+	for t in $(WHEEL_TARGETS); do \
+		echo "wheel for $$t"; \
+		GOOS=$${t%/*} GOARCH=$${t#*/} WEAVE_SIDECAR_REQUIRE_BINARY=1 \
+			$(PY) -m build -q --wheel --no-isolation --outdir dist $(SDIST) \
+			> build/wheel.log 2>&1 || { cat build/wheel.log; exit 1; }; \
+	done
+	ls dist
+	touch $@
+
+wheels: dist/.built
+
+# The arm64 binary's --version runs under qemu where it can be installed.
+qemu:
+	@command -v qemu-aarch64-static >/dev/null 2>&1 \
+	|| { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
+		&& { apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+			apt-get install -y -qq qemu-user-static >/dev/null; }; } \
+	|| echo "qemu-user-static not installable here: the linux/arm64 --version check is skipped"
+
+lint-workflows:
+	$(GO) run $(ACTIONLINT) -shellcheck= -pyflakes= .github/workflows/*.yml
+
+check-wheels: wheels venv qemu lint-workflows
+	$(PY) scripts/check_wheels.py --dist dist --go $(GO)
 
 check: venv
 	test -z "$$(gofmt -l go)" || (gofmt -l go; exit 1)

@@ -79,6 +79,7 @@ RESOLUTION = [
 ELF_MACHINES = {62: "amd64", 183: "arm64"}
 MACHO_CPUS = {0x01000007: "amd64", 0x0100000C: "arm64"}
 PE_MACHINES = {0x8664: "amd64", 0xAA64: "arm64"}
+EXE_MAGIC = (b"\x7fELF", b"\xcf\xfa\xed\xfe", b"MZ\x90\x00")
 LC_BUILD_VERSION = 0x32
 LC_VERSION_MIN_MACOSX = 0x24
 
@@ -393,6 +394,11 @@ def path_without_go() -> str:
 def check_sdist_contents(sdist: Path, version: str) -> str:
     with tarfile.open(sdist) as archive:
         names = {n.split("/", 1)[1] for n in archive.getnames() if "/" in n}
+        executables = []
+        for member in archive.getmembers():
+            data = archive.extractfile(member) if member.isfile() else None
+            if data is not None and data.read(4) in EXE_MAGIC:
+                executables.append(member.name)
     need = [
         "go/go.mod",
         "go/go.sum",
@@ -405,7 +411,7 @@ def check_sdist_contents(sdist: Path, version: str) -> str:
     missing = [n for n in need if n not in names]
     expect(not missing, f"sdist lacks {missing}")
     binaries = [n for n in names if "/bin/" in n or n.endswith((".exe", ".test"))]
-    expect(not binaries, f"sdist holds binaries {binaries}")
+    expect(not binaries + executables, f"sdist holds binaries {binaries + executables}")
     expect(sdist.name == f"weave_sidecar-{version}.tar.gz", f"sdist name {sdist.name}")
     return f"{len(names)} files, Go module included, no binary"
 
