@@ -279,3 +279,24 @@ def test_key_not_in_spool_files(spawn: Any, short_dir: str, transport: str) -> N
             assert secret not in data
     finally:
         shutil.rmtree(spool, ignore_errors=True)
+
+
+@pytest.mark.parametrize(
+    "content", ['{"tcp":"0.0.0.0:80"}', "not json", '{"unix":"/tmp/s"}']
+)
+def test_bad_ready_file_is_a_start_error(
+    short_dir: str, monkeypatch: pytest.MonkeyPatch, content: str
+) -> None:
+    monkeypatch.setenv("XDG_RUNTIME_DIR", short_dir)
+    monkeypatch.setenv("WEAVE_SIDECAR_TRANSPORT", "tcp")
+    fake = Path(short_dir) / "fake"
+    fake.write_text(
+        "#!/bin/sh\n"
+        'while [ "$1" != --ready-file ]; do shift; done\n'
+        f"echo '{content}' > \"$2\"\n"
+        "exec sleep 60\n"
+    )
+    fake.chmod(0o755)
+    with pytest.raises(SidecarStartError, match="names no 127.0.0.1 address"):
+        SidecarProcess.spawn(str(fake), backend="http://x", api_key=KEY, timeout=10)
+    assert os.listdir(short_dir) == ["fake"]

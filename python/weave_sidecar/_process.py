@@ -258,9 +258,14 @@ class SidecarProcess:
         """Connect to the port the ready file names; OSError until it exists."""
         if not self.socket_path:
             with open(self.ready_path, "rb") as f:  # renamed into place whole
-                ready = json.loads(f.read())
-            address = ready.get("tcp") if isinstance(ready, dict) else None
-            if not isinstance(address, str) or not address.startswith("127.0.0.1:"):
+                data = f.read()
+            try:
+                ready = json.loads(data)
+            except ValueError:
+                ready = None
+            address = str(ready.get("tcp")) if isinstance(ready, dict) else ""
+            host, _, port = address.rpartition(":")
+            if host != "127.0.0.1" or not port.isdigit():
                 raise SidecarStartError(
                     f"the sidecar's ready file {self.ready_path} names no "
                     "127.0.0.1 address"
