@@ -40,6 +40,7 @@ Fixtures
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -59,6 +60,16 @@ from weave_sidecar.testing import TEST_USERNAME, TraceServer, sdk_env
 TEST_ENTITY = TEST_USERNAME  # never "wandb": that entity is forced into another mode
 TEST_API_KEY = "sidecar-test-key-0123456789"
 _SCRUBBED_PREFIXES = ("WEAVE_", "WANDB_", "WF_")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Skip tests marked unix_socket where Python has no AF_UNIX (Windows)."""
+    if hasattr(socket, "AF_UNIX"):
+        return
+    skip = pytest.mark.skip(reason="needs AF_UNIX sockets, which this Python lacks")
+    for item in items:
+        if item.get_closest_marker("unix_socket") is not None:
+            item.add_marker(skip)
 
 
 @pytest.fixture(autouse=True)

@@ -75,6 +75,7 @@ def test_not_found_lists_every_place(
     assert len(info.value.tried) == 3
 
 
+@pytest.mark.unix_socket
 def test_socket_dir_is_private_and_short(
     short_dir: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -85,6 +86,7 @@ def test_socket_dir_is_private_and_short(
     assert len(os.fsencode(path)) < 104
 
 
+@pytest.mark.unix_socket
 def test_socket_dir_falls_back_to_tmp_when_too_long(
     short_dir: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -99,6 +101,7 @@ def test_socket_dir_falls_back_to_tmp_when_too_long(
         os.rmdir(directory)
 
 
+@pytest.mark.unix_socket
 def test_socket_dir_unusable_is_a_start_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("XDG_RUNTIME_DIR", "/proc/no-such-dir")
     with pytest.raises(weave_sidecar.SidecarStartError, match="socket directory"):
@@ -179,6 +182,7 @@ def test_spawn_handshake_timeout_kills(
         os.kill(pid, 0)
 
 
+@pytest.mark.unix_socket
 def test_handshake_refuses_non_sidecar(short_dir: str) -> None:
     from weave_sidecar._client import handshake
 

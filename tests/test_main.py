@@ -103,6 +103,7 @@ def test_help_names_flags_and_default(env: dict[str, str]) -> None:
         assert flag in text
 
 
+@pytest.mark.unix_socket
 def test_serves_and_stops_on_sigterm(env: dict[str, str], short_dir: str) -> None:
     path = os.path.join(short_dir, "s")
     proc = subprocess.Popen(

@@ -23,6 +23,11 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 VERSION_FILE = ROOT / "python" / "weave_sidecar" / "_version.py"
+# The end-to-end smoke test, shared with `make check-wheels` and wheels.yml.
+SMOKE = ROOT / "scripts" / "wheel_smoke.py"
+
+# POSIX venv layout, AF_UNIX smoke test.
+pytestmark = pytest.mark.unix_socket
 
 
 def _version() -> str:
@@ -147,7 +152,7 @@ def test_wheel_installs_and_forwards_calls_without_go(
     assert _version() in version.stdout
 
     smoke = subprocess.run(
-        [str(python), "-c", SMOKE_SCRIPT],
+        [str(python), str(SMOKE)],
         env=env,
         capture_output=True,
         text=True,
@@ -157,57 +162,6 @@ def test_wheel_installs_and_forwards_calls_without_go(
     assert smoke.returncode == 0, smoke.stdout + smoke.stderr
     report = json.loads(smoke.stdout.strip().splitlines()[-1])
     assert report == {"acked": 50, "stored": 50, "delivered": 50, "failed": 0}
-
-
-# Runs inside the fresh venv: the bundled binary, a raw socket, and the local
-# trace server that ships in the wheel (weave is not installed there).
-SMOKE_SCRIPT = r"""
-import json, os, socket, subprocess, tempfile, time
-import weave_sidecar
-from weave_sidecar.testing import TraceServer
-
-server = TraceServer()
-server.start()
-sock_dir = tempfile.mkdtemp(prefix="wsc-", dir="/tmp")
-path = os.path.join(sock_dir, "s")
-env = dict(os.environ, WEAVE_SIDECAR_API_KEY="smoke-key")
-proc = subprocess.Popen(
-    [weave_sidecar.find_sidecar_bin(), "--socket", path, "--backend", server.url,
-     "--flush-interval", "50ms"],
-    env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-deadline = time.monotonic() + 10
-while True:
-    try:
-        conn = socket.socket(socket.AF_UNIX)
-        conn.connect(path)
-        break
-    except OSError:
-        conn.close()
-        assert time.monotonic() < deadline, "sidecar did not come up"
-        time.sleep(0.02)
-reader = conn.makefile("rb")
-lines = []
-for i in range(25):
-    cid = f"smoke-{i}"
-    lines.append({"method": "call_start", "payload": {"start": {
-        "project_id": "smoke-entity/smoke", "id": cid, "trace_id": cid,
-        "op_name": "weave:///smoke-entity/smoke/op/f:abc",
-        "started_at": "2026-01-01T00:00:00Z", "attributes": {}, "inputs": {"i": i}}}})
-    lines.append({"method": "call_end", "payload": {"end": {
-        "project_id": "smoke-entity/smoke", "id": cid,
-        "ended_at": "2026-01-01T00:00:01Z", "output": i, "summary": {}}}})
-lines.append({"method": "flush"})
-conn.sendall(b"".join(json.dumps(l).encode() + b"\n" for l in lines))
-answers = [json.loads(reader.readline()) for _ in lines]
-flush = answers[-1]["result"]
-acked = sum(1 for a in answers[:-1] if a["success"])
-proc.terminate()
-proc.wait(30)
-stored = len(server.calls())
-server.stop()
-print(json.dumps({"acked": acked, "stored": 2 * stored,
-                  "delivered": flush["delivered"], "failed": flush["failed"]}))
-"""
 
 
 @pytest.mark.timeout(600)
