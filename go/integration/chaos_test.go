@@ -19,7 +19,6 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
-	"os/exec"
 	"regexp"
 	"sort"
 	"strconv"
@@ -158,47 +157,6 @@ func statsNum(t *testing.T, st map[string]any, name string) int64 {
 	return int64(v)
 }
 
-// statsSum adds up a map of counters (refused, failed) from a stats result.
-func statsSum(t *testing.T, st map[string]any, name string) int64 {
-	t.Helper()
-	m, ok := st[name].(map[string]any)
-	require.True(t, ok, "stats has no map %q: %v", name, st)
-	var n int64
-	for _, v := range m {
-		n += int64(v.(float64))
-	}
-	return n
-}
-
-// statsIn reads one counter of a map (refused, failed) from a stats result.
-func statsIn(t *testing.T, st map[string]any, name, key string) int64 {
-	t.Helper()
-	m, ok := st[name].(map[string]any)
-	require.True(t, ok, "stats has no map %q: %v", name, st)
-	v, _ := m[key].(float64)
-	return int64(v)
-}
-
-// assertAccounting checks the accounting equation on a stats result taken
-// while no client was sending. control is the number of non-call requests
-// (hello, flush, stats, the stats request itself included) the sidecar had
-// read by then.
-//
-// TODO(s3): switch to S1's helper in accounting_test.go once it lands, which
-// adds the spooled term.
-func assertAccounting(t *testing.T, st map[string]any, control int64) {
-	t.Helper()
-	received, accepted := statsNum(t, st, "received"), statsNum(t, st, "accepted")
-	refused, failed := statsSum(t, st, "refused"), statsSum(t, st, "failed")
-	delivered, queued := statsNum(t, st, "delivered"), statsNum(t, st, "queued_items")
-	inFlight := statsNum(t, st, "in_flight_items")
-	assert.Equal(t, received, accepted+refused+control,
-		"received = accepted + refused + control requests (%v)", st)
-	assert.Equal(t, accepted, delivered+failed+queued,
-		"accepted = delivered + failed + queued (%v)", st)
-	assert.LessOrEqual(t, inFlight, queued, "in flight items are part of the queue (%v)", st)
-}
-
 // assertExactlyOnce checks that the backend committed each key of want once
 // and nothing else, and returns the committed keys in order.
 func assertExactlyOnce(t *testing.T, be *Backend, want map[string]bool) []string {
@@ -235,17 +193,16 @@ func assertExactlyOnce(t *testing.T, be *Backend, want map[string]bool) []string
 	return order
 }
 
-// settle flushes on a fresh connection, then checks the accounting equation
-// (control non-call requests were read before, on other connections) and
-// exactly-once delivery of the accepted calls minus dropped. It returns the
-// final stats.
-func settle(t *testing.T, sc *Sidecar, be *Backend, l *load, control int64, dropped ...string) map[string]any {
+// settle flushes on a fresh connection, then checks the accounting
+// equations (S1's RequireAccounting) and exactly-once delivery of the
+// accepted calls minus dropped. It returns the balanced reading.
+func settle(t *testing.T, sc *Sidecar, be *Backend, l *load, dropped ...string) Accounting {
 	t.Helper()
 	c := Dial(t, sc.Socket)
 	c.Flush(t, settleTimeout)
-	st := c.Stats(t)
-	assertAccounting(t, st, control+2)
-	assert.Zero(t, statsNum(t, st, "queued_items"), "a flush leaves nothing queued")
+	a := RequireAccounting(t, c, 30*time.Second)
+	assert.Zero(t, a.Queued, "a flush leaves nothing queued")
+	assert.Zero(t, a.Spooled, "a flush leaves nothing spooled")
 
 	want := map[string]bool{}
 	l.mu.Lock()
@@ -258,10 +215,10 @@ func settle(t *testing.T, sc *Sidecar, be *Backend, l *load, control int64, drop
 		delete(want, k)
 	}
 	assertExactlyOnce(t, be, want)
-	assert.Equal(t, int64(len(want)), statsNum(t, st, "delivered"))
-	assert.Equal(t, int64(len(dropped)), statsSum(t, st, "failed"))
+	assert.Equal(t, int64(len(want)), a.Delivered)
+	assert.Equal(t, int64(len(dropped)), a.Failed())
 	assert.NotContains(t, sc.Logs(), TestKey)
-	return st
+	return a
 }
 
 // statsNow asks for stats on a fresh connection.
@@ -288,13 +245,10 @@ func TestChaosOutage503(t *testing.T) {
 
 	// Calls keep arriving through the outage.
 	l.push(t, sc.Socket, "down1", 4, 500, 200)
-	asked := time.Now()
-	st := statsNow(t, sc)
-	control := int64(1)
-	if time.Now().Before(end) {
-		assertAccounting(t, st, control)
-		assert.Zero(t, statsNum(t, st, "delivered"), "delivered during the outage (asked at %v)", asked)
-		assert.Equal(t, int64(l.acceptedCount()), statsNum(t, st, "queued_items"))
+	a := RequireAccounting(t, Dial(t, sc.Socket), 30*time.Second)
+	if time.Now().Before(end) { // the answer came before the outage ended
+		assert.Zero(t, a.Delivered, "delivered during the outage")
+		assert.Equal(t, int64(l.acceptedCount()), a.Queued)
 	}
 	l.push(t, sc.Socket, "down2", 4, 500, 200)
 
@@ -303,7 +257,7 @@ func TestChaosOutage503(t *testing.T) {
 	l.push(t, sc.Socket, "up", 4, 500, 200)
 
 	require.Equal(t, 2*3*4*500, l.acceptedCount(), "refused: %v", l.refused)
-	st = settle(t, sc, be, l, control)
+	settle(t, sc, be, l)
 	failures := 0
 	for _, r := range be.Requests() {
 		if r.Status == 503 {
@@ -311,7 +265,7 @@ func TestChaosOutage503(t *testing.T) {
 		}
 	}
 	assert.Positive(t, failures, "the backend never answered 503")
-	assert.GreaterOrEqual(t, statsNum(t, st, "retries"), int64(failures))
+	assert.GreaterOrEqual(t, statsNum(t, statsNow(t, sc), "retries"), int64(failures))
 	waitLog(t, sc, "backend reachable again")
 }
 
@@ -330,9 +284,9 @@ func TestChaosHangingBackend(t *testing.T) {
 	l := newLoad()
 	l.push(t, sc.Socket, "hang", 4, 500, 100)
 
-	st := settle(t, sc, be, l, 0)
+	settle(t, sc, be, l)
 	assert.Equal(t, int32(2), hung.Load())
-	assert.GreaterOrEqual(t, statsNum(t, st, "retries"), int64(2))
+	assert.GreaterOrEqual(t, statsNum(t, statsNow(t, sc), "retries"), int64(2))
 }
 
 func TestChaos429RetryAfter(t *testing.T) {
@@ -356,7 +310,7 @@ func TestChaos429RetryAfter(t *testing.T) {
 	l := newLoad()
 	l.push(t, sc.Socket, "limit", 4, 800, 100)
 
-	settle(t, sc, be, l, 0)
+	settle(t, sc, be, l)
 	mu.Lock()
 	defer mu.Unlock()
 	require.Len(t, limitedAt, 3)
@@ -380,8 +334,8 @@ func TestChaos413(t *testing.T) {
 	l.push(t, sc.Socket, "big", 4, 500, 100)
 
 	// Calls too large even alone are dropped; the rest of their batches are not.
-	st := settle(t, sc, be, l, 0, "start:big-0-7", "end:big-0-7")
-	assert.Equal(t, int64(2), statsIn(t, st, "failed", "too_large"))
+	a := settle(t, sc, be, l, "start:big-0-7", "end:big-0-7")
+	assert.Equal(t, int64(2), a.FailedBy["too_large"])
 	assertDistinctRejected(t, be.Requests())
 }
 
@@ -399,8 +353,8 @@ func TestChaos400OneCall(t *testing.T) {
 	l := newLoad()
 	l.push(t, sc.Socket, "bad", 4, 500, 100)
 
-	st := settle(t, sc, be, l, 0, "start:bad-2-99")
-	assert.Equal(t, int64(1), statsIn(t, st, "failed", "rejected"))
+	a := settle(t, sc, be, l, "start:bad-2-99")
+	assert.Equal(t, int64(1), a.FailedBy["rejected"])
 	assertDistinctRejected(t, be.Requests())
 }
 
@@ -432,21 +386,14 @@ func TestChaosConnectionReset(t *testing.T) {
 	l := newLoad()
 	l.push(t, sc.Socket, "reset", 4, 500, 100)
 
-	settle(t, sc, be, l, 0)
+	settle(t, sc, be, l)
 	assert.Equal(t, int32(4), resets.Load())
 }
 
-// sidecarHasFlag reports whether the built binary knows a flag.
-func sidecarHasFlag(t *testing.T, name string) bool {
-	t.Helper()
-	out, _ := exec.Command(binPath, "--help").CombinedOutput()
-	return strings.Contains(string(out), "-"+name+" ")
-}
-
+// TestChaosKillAndRestartWithSpool: the backend is down while clients send,
+// so every acked call is only on disk when the sidecar is killed; a new
+// sidecar on the same spool delivers each of them exactly once.
 func TestChaosKillAndRestartWithSpool(t *testing.T) {
-	if !sidecarHasFlag(t, "spool-dir") {
-		t.Skip("needs --spool-dir (issue 5 durable spool), which this build does not have yet")
-	}
 	be := NewBackend(t)
 	var down atomic.Bool
 	down.Store(true)
@@ -456,10 +403,8 @@ func TestChaosKillAndRestartWithSpool(t *testing.T) {
 		}
 		return Reply{}
 	})
-	spool := ShortTempDir(t)
-	socket := ShortTempDir(t) + "/s"
-	args := append([]string{"--spool-dir", spool}, chaosArgs...)
-	first := StartSidecar(t, be.URL, Options{Args: args, Socket: socket})
+	args := append([]string{"--spool-dir", ShortTempDir(t) + "/spool"}, chaosArgs...)
+	first := StartSidecar(t, be.URL, Options{Args: args})
 	l := newLoad()
 	l.push(t, first.Socket, "kill", 4, 500, 100)
 	require.Equal(t, 4*2*500, l.acceptedCount(), "refused: %v", l.refused)
@@ -468,12 +413,16 @@ func TestChaosKillAndRestartWithSpool(t *testing.T) {
 	require.Empty(t, be.Delivered())
 
 	down.Store(false)
-	second := StartSidecar(t, be.URL, Options{Args: args, Socket: socket})
+	second := StartSidecar(t, be.URL, Options{Args: args})
 	c := Dial(t, second.Socket)
 	c.Flush(t, settleTimeout)
-	// Replay may still be under way after the flush: wait for every call.
 	be.WaitDelivered(t, l.acceptedCount(), settleTimeout)
+	a := RequireAccounting(t, c, 30*time.Second)
+	assert.Equal(t, int64(l.acceptedCount()), a.Replayed)
+	assert.Equal(t, a.Replayed, a.Delivered)
+	assert.Zero(t, a.SpoolCorrupt)
 	assertExactlyOnce(t, be, l.accepted)
+	assert.NotContains(t, second.Logs(), TestKey)
 }
 
 // stoppedSummary returns the counters of the sidecar's final log line.
@@ -516,9 +465,9 @@ func TestChaosSIGTERMWithFullQueue(t *testing.T) {
 			l.push(t, sc.Socket, "full", 4, 500, 200)
 			require.NotEmpty(t, l.refused["queue_full"], "the queue never filled")
 			require.Equal(t, []string{"queue_full"}, keysOf(l.refused))
-			st := statsNow(t, sc)
-			assertAccounting(t, st, 1)
-			assert.Equal(t, int64(len(l.refused["queue_full"])), statsIn(t, st, "refused", "queue_full"))
+			a := RequireAccounting(t, Dial(t, sc.Socket), 30*time.Second)
+			assert.Equal(t, int64(len(l.refused["queue_full"])), a.Refused["queue_full"])
+			assert.Equal(t, int64(l.acceptedCount()), a.Accepted)
 
 			sc.Signal(t, syscall.SIGTERM)
 			assert.Equal(t, 0, sc.Wait(t, 3*time.Minute))
@@ -563,7 +512,6 @@ func TestChaosClientKilledMidLine(t *testing.T) {
 		}
 		return buf
 	}
-	control := int64(0)
 
 	t.Run("after its acks", func(t *testing.T) {
 		// The client dies once every whole line it wrote was acked.
@@ -590,9 +538,9 @@ func TestChaosClientKilledMidLine(t *testing.T) {
 		require.NoError(t, <-acks)
 		require.NoError(t, conn.Close())
 
-		st := settle(t, sc, be, l, control)
-		control += 2
-		assert.Zero(t, statsSum(t, st, "refused"), "the cut line is not a request")
+		a := settle(t, sc, be, l)
+		assert.Zero(t, a.CallsRefused)
+		assert.Equal(t, a.CallsReceived, a.Accepted, "the cut line is not a call")
 	})
 
 	t.Run("with lines unread", func(t *testing.T) {
@@ -613,12 +561,12 @@ func TestChaosClientKilledMidLine(t *testing.T) {
 		l := wholeLines(t, buf[:written])
 		t.Logf("the client wrote %d whole lines and part of the next", len(l.accepted))
 		before := int64(len(statsKeysDelivered(be)))
-		control = waitRead(t, sc, before+int64(len(l.accepted)), control)
+		waitRead(t, sc, before+int64(len(l.accepted)))
 		for k := range statsKeysDelivered(be) {
 			l.accepted[k] = true // committed earlier in this test
 		}
-		st := settle(t, sc, be, l, control)
-		assert.Zero(t, statsSum(t, st, "refused"), "the cut line is not a request")
+		a := settle(t, sc, be, l)
+		assert.Equal(t, a.CallsReceived, a.Accepted, "the cut line is not a call")
 	})
 }
 
@@ -649,17 +597,15 @@ func wholeLines(t *testing.T, data []byte) *load {
 	return l
 }
 
-// waitRead polls stats until the sidecar has read n call lines; control is
-// the number of non-call requests read before. It returns the new count.
-func waitRead(t *testing.T, sc *Sidecar, n, control int64) int64 {
+// waitRead polls stats until the sidecar has read n call lines.
+func waitRead(t *testing.T, sc *Sidecar, n int64) {
 	t.Helper()
+	c := Dial(t, sc.Socket)
 	deadline := time.Now().Add(time.Minute)
 	for {
-		st := statsNow(t, sc)
-		control++
-		read := statsNum(t, st, "received") - control
+		read := ReadAccounting(t, c).CallsReceived
 		if read >= n {
-			return control
+			return
 		}
 		require.True(t, time.Now().Before(deadline), "sidecar read %d of %d whole lines", read, n)
 		time.Sleep(20 * time.Millisecond)
@@ -674,7 +620,7 @@ func TestChaosManyClients(t *testing.T) {
 	l.push(t, sc.Socket, "many", clients, calls, 64)
 	require.Equal(t, 2*clients*calls, l.acceptedCount(), "refused: %v", l.refused)
 
-	settle(t, sc, be, l, 0)
+	settle(t, sc, be, l)
 	pos := map[string]int{}
 	for i, k := range assertExactlyOnce(t, be, l.accepted) {
 		pos[k] = i
