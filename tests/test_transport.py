@@ -300,3 +300,24 @@ def test_bad_ready_file_is_a_start_error(
     with pytest.raises(SidecarStartError, match="names no 127.0.0.1 address"):
         SidecarProcess.spawn(str(fake), backend="http://x", api_key=KEY, timeout=10)
     assert os.listdir(short_dir) == ["fake"]
+
+
+def test_no_af_unix_means_tcp(
+    trace_server: TraceServer, short_dir: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What Windows gets: no AF_UNIX, so a Link starts a TCP sidecar."""
+    from weave_sidecar import _link
+
+    monkeypatch.setenv("XDG_RUNTIME_DIR", short_dir)
+    monkeypatch.setenv("WEAVE_SIDECAR_BIN", sidecar_bin())
+    monkeypatch.delattr(socket, "AF_UNIX")
+    link = _link.Link(trace_server.url, KEY)
+    try:
+        assert link.start()
+        status = link.status()
+        assert status["state"] == "open"
+        assert status["shared"] is False
+        assert status["socket"].startswith("127.0.0.1:")
+    finally:
+        link.close()
+    assert os.listdir(short_dir) == []
