@@ -110,7 +110,7 @@ def request(sock: socket.socket, *lines: str, timeout: float = 60) -> list[Any]:
 def call_lines(project: str, n: int) -> list[str]:
     lines = []
     for i in range(n):
-        start = {
+        start: dict[str, Any] = {
             "project_id": project,
             "id": f"c{i}",
             "trace_id": f"t{i}",
@@ -119,7 +119,7 @@ def call_lines(project: str, n: int) -> list[str]:
             "attributes": {},
             "inputs": {"i": i},
         }
-        end = {
+        end: dict[str, Any] = {
             "project_id": project,
             "id": f"c{i}",
             "ended_at": "2025-01-02T03:04:06.5",
