@@ -1,6 +1,8 @@
 # weave-sidecar: every target sets up what it needs (virtualenv, Go build, pip installs).
 #   make demo   a real Weave-traced program through the sidecar into a local trace server
-#   make test   go vet, go test -race, a short fuzz run, pytest
+#   make test   go vet, go test -race, a short fuzz run, pytest, check-wheels
+#   make wheels        every platform's wheel and the sdist into dist/
+#   make check-wheels  check them (tags, binaries, pip resolution, smoke test), lint workflows
 #   make check  formatters, linters, mypy
 #   make bench  benchmark.py and the Go benchmarks
 
@@ -48,7 +50,7 @@ install: $(VENV)/.installed
 demo: install
 	$(PY) examples/demo.py
 
-test: test-go test-fuzz test-py
+test: test-go test-fuzz test-py check-wheels
 
 test-go: $(BIN)
 	cd go && $(GO) vet ./...
