@@ -81,6 +81,7 @@ func run(args []string, getenv func(string) string, stdin io.Reader, stdout, std
 	}
 	log := newLogger(stderr, cfg.LogLevel)
 	signal.Ignore(syscall.SIGPIPE)
+	tuneGC(cfg.MaxQueueBytes, getenv, log)
 
 	key, keySource, err := auth.Resolve(cfg.APIKey, getenv)
 	if err != nil {
