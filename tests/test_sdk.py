@@ -399,3 +399,17 @@ def test_unauthorized_sidecar_hands_back_exactly_once(
     assert out["direct_processor"] is True
     assert proc.stderr.count(WARNING) == 1, proc.stderr
     assert "401/403" in proc.stderr
+
+
+def test_calls_returned_during_exit_are_sent_by_the_exit_hook(
+    trace_server: TraceServer, project_id: str, env: dict[str, str]
+) -> None:
+    # Nothing has gone direct before exit, so no direct-path processor exists
+    # and none may be made (no threads from an exit hook): the calls the
+    # sidecar returns at its final flush are sent synchronously.
+    trace_server.faults.script("/call/upsert_batch", [401])
+    out, proc = run_faults(env, "exit-401", project_id)
+    assert out["direct_processor"] is False
+    assert_exactly_once(trace_server, project_id, out["ids"])
+    assert not via_sidecar(trace_server)
+    assert proc.stderr.count(WARNING) == 1, proc.stderr

@@ -8,6 +8,8 @@ Usage: faults.py MODE PROJECT_ID [OTHER_PROJECT_ID]
   calls-complete calls of PROJECT_ID and OTHER_PROJECT_ID (which the server
                  says needs calls-complete mode), interleaved
   unauthorized   calls before and after the server refuses the sidecar's key
+  exit-401       calls, then exit at once: the server refuses the sidecar's
+                 key while the exit hook flushes it
 
 Prints one JSON line: {"ids": [...], "status": ..., "direct_processor": bool,
 ...}. Log lines carry the process id, so a test can count warnings per process.
@@ -164,6 +166,9 @@ def main() -> None:
         calls_complete(project, sys.argv[3], out)
     elif mode == "unauthorized":
         unauthorized(project, out)
+    elif mode == "exit-401":
+        weave.init(project)
+        calls(10, out["ids"])
     else:
         raise SystemExit(f"unknown mode {mode}")
     p = processor()
