@@ -164,11 +164,14 @@ class PlatformWheel(bdist_wheel):
         if go is None:
             return ("py3", "none", "any")
         target = go_target(go)
-        try:
+        if target in PLATFORM_TAGS:
             return ("py3", "none", PLATFORM_TAGS[target])
-        except KeyError:
+        if os.environ.get("GOOS") or os.environ.get("GOARCH"):
             message = f"weave-sidecar: no wheel tag for GOOS/GOARCH {target}"
-            raise SystemExit(message) from None
+            raise SystemExit(message)
+        # A native build where we publish no wheel (e.g. linux/ppc64le, from the
+        # sdist): the binary serves this machine, so take its platform tag.
+        return ("py3", "none", super().get_tag()[2])
 
 
 setup(
