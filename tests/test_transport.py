@@ -17,6 +17,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -40,12 +41,12 @@ from weave_sidecar.testing import TraceServer
 pytestmark = pytest.mark.timeout(180)
 
 KEY = "transport-test-key-3b9f0c6d1e2a"
-TRANSPORTS = ["unix", "tcp"]
+TRANSPORTS = [pytest.param("unix", marks=pytest.mark.unix_socket), "tcp"]
 
 
 @pytest.fixture
 def short_dir() -> Iterator[str]:
-    d = tempfile.mkdtemp(prefix="wtt-", dir="/tmp")
+    d = tempfile.mkdtemp(prefix="wtt-", dir="/tmp" if os.path.isdir("/tmp") else None)
     yield d
     shutil.rmtree(d, ignore_errors=True)
 
@@ -157,7 +158,8 @@ def test_sdk_calls_over_tcp(
     assert out["status"]["shared"] is False
     assert out["status"]["socket"].startswith("127.0.0.1:")
     assert out["alive"] is True
-    assert wait_gone(out["status"]["pid"])
+    if sys.platform != "win32":  # wait_gone probes with os.kill(pid, 0)
+        assert wait_gone(out["status"]["pid"])
     assert went_through_sidecar(trace_server)
     assert WARNING not in proc.stderr
     assert os.listdir(tcp_env["XDG_RUNTIME_DIR"]) == []
@@ -183,7 +185,10 @@ def test_tcp_needs_the_token(trace_server: TraceServer, spawn: Any) -> None:
     assert answer["success"] is False
     assert answer["code"] == "forbidden"
     other.settimeout(30)
-    assert other.recv(100) == b""
+    try:
+        assert other.recv(100) == b""
+    except ConnectionResetError:  # Windows reports the close as a reset
+        pass
     other.close()
 
     (stats,) = request(sock, '{"method":"stats"}')
@@ -258,7 +263,7 @@ def _has_spool(binary: str) -> bool:
 def test_key_not_in_spool_files(spawn: Any, short_dir: str, transport: str) -> None:
     if not _has_spool(sidecar_bin()):
         pytest.skip("this sidecar has no --spool-dir")
-    spool = tempfile.mkdtemp(prefix="wts-", dir="/tmp")
+    spool = tempfile.mkdtemp(prefix="wts-", dir=short_dir)
     try:
         # Nothing listens on port 9, so every call stays in the spool.
         proc, sock, _ = spawn(
@@ -281,6 +286,7 @@ def test_key_not_in_spool_files(spawn: Any, short_dir: str, transport: str) -> N
         shutil.rmtree(spool, ignore_errors=True)
 
 
+@pytest.mark.unix_socket  # the fake sidecar is a shell script
 @pytest.mark.parametrize(
     "content", ['{"tcp":"0.0.0.0:80"}', "not json", '{"unix":"/tmp/s"}']
 )
