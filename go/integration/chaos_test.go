@@ -552,6 +552,7 @@ func TestChaosClientKilledMidLine(t *testing.T) {
 				"losing the whole lines still unread (run with -chaos.known-bugs)")
 		}
 		buf := lines("unread")
+		before := int64(len(statsKeysDelivered(be))) // all of "after its acks"
 		conn, err := net.Dial("unix", sc.Socket)
 		require.NoError(t, err)
 		require.NoError(t, conn.SetWriteDeadline(time.Now().Add(2*time.Second)))
@@ -560,7 +561,6 @@ func TestChaosClientKilledMidLine(t *testing.T) {
 		require.NoError(t, conn.Close())
 		l := wholeLines(t, buf[:written])
 		t.Logf("the client wrote %d whole lines and part of the next", len(l.accepted))
-		before := int64(len(statsKeysDelivered(be)))
 		waitRead(t, sc, before+int64(len(l.accepted)))
 		for k := range statsKeysDelivered(be) {
 			l.accepted[k] = true // committed earlier in this test
