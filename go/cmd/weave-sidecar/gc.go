@@ -10,18 +10,20 @@ import (
 // default GOGC=100 it collects about 100 times a second at full intake and
 // spends ~15% more CPU per call than at 400 (docs/performance.md, "Sidecar
 // alone"). The memory limit keeps the larger goal from mattering when the
-// queue is full: the heap then holds up to MaxQueueBytes of calls, and the
-// collector works harder past twice that plus headroom for buffers.
+// queue fills: the heap then holds up to MaxQueueBytes of calls, and past
+// that plus a fixed headroom for buffers the collector works harder, so
+// resident memory stays near --max-queue-bytes + 64 MiB under overload
+// (docs/performance.md, "Overload"). The cost is CPU while the queue is full,
+// which is when intake is refusing calls anyway.
 const (
-	gcPercent     = 400
-	gcLimitExtra  = 256 << 20
-	gcLimitFactor = 2
+	gcPercent    = 400
+	gcLimitExtra = 64 << 20
 )
 
 // gcSettings returns the GC percent and memory limit to set, each -1 when
 // the environment (GOGC, GOMEMLIMIT) already chose one.
 func gcSettings(maxQueueBytes int64, getenv func(string) string) (percent int, limit int64) {
-	percent, limit = gcPercent, gcLimitFactor*maxQueueBytes+gcLimitExtra
+	percent, limit = gcPercent, maxQueueBytes+gcLimitExtra
 	if getenv("GOGC") != "" {
 		percent = -1
 	}

@@ -13,8 +13,8 @@ func TestGCSettings(t *testing.T) {
 		percent int
 		limit   int64
 	}{
-		{"defaults", nil, 400, 2*(256<<20) + 256<<20},
-		{"GOGC set", map[string]string{"GOGC": "100"}, -1, 2*(256<<20) + 256<<20},
+		{"defaults", nil, 400, 256<<20 + 64<<20},
+		{"GOGC set", map[string]string{"GOGC": "100"}, -1, 256<<20 + 64<<20},
 		{"GOMEMLIMIT set", map[string]string{"GOMEMLIMIT": "1GiB"}, 400, -1},
 		{"both set", map[string]string{"GOGC": "off", "GOMEMLIMIT": "1GiB"}, -1, -1},
 	} {

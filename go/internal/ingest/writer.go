@@ -5,10 +5,12 @@ import (
 	"io"
 )
 
-// writer buffers response lines for one connection.
+// writer buffers response lines for one connection. Once a write fails (the
+// client is gone), later answers are discarded without error, so the lines
+// the client wrote before it died are still read and their calls delivered.
 type writer struct {
 	bw  *bufio.Writer
-	err error // first write error; later writes are skipped
+	err error // first write error; later writes are discarded
 }
 
 // newWriter buffers writes to c, the connection as batch.Batcher.Durable
@@ -17,17 +19,17 @@ func newWriter(c io.Writer) *writer { return &writer{bw: bufio.NewWriterSize(c, 
 
 func (w *writer) Write(p []byte) (int, error) {
 	if w.err != nil {
-		return 0, w.err
+		return len(p), nil
 	}
-	n, err := w.bw.Write(p)
-	w.err = err
-	return n, err
+	if _, err := w.bw.Write(p); err != nil {
+		w.err = err
+	}
+	return len(p), nil
 }
 
 func (w *writer) Flush() error {
-	if w.err != nil {
-		return w.err
+	if w.err == nil {
+		w.err = w.bw.Flush()
 	}
-	w.err = w.bw.Flush()
-	return w.err
+	return nil
 }
