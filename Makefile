@@ -19,7 +19,7 @@ GO_SOURCES := $(shell find go -name '*.go' -not -name '*_test.go') go/go.mod go/
 PY_SOURCES := $(shell find python -name '*.py') setup.py pyproject.toml
 FUZZTIME ?= 15s
 
-.PHONY: all venv build install demo test test-go test-fuzz test-py check bench clean \
+.PHONY: all venv build install demo test test-go test-fuzz test-py check bench soak clean \
 	wheels check-wheels lint-workflows qemu
 
 all: install
@@ -114,6 +114,10 @@ $(VENV)/.bench-deps: $(VENV)/.deps requirements-bench.txt
 bench: install $(VENV)/.bench-deps
 	$(PY) benchmark.py --compare
 	cd go && $(GO) test -run='^$$' -bench=. -benchmem ./...
+
+# Overload: 8 clients against a down or slow backend; prints peak RSS (Linux).
+soak: $(BIN)
+	cd go && $(GO) run ./cmd/soak --sidecar ../$(BIN)
 
 clean:
 	rm -rf build dist python/*.egg-info $(BIN) $(VENV)
