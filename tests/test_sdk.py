@@ -25,11 +25,20 @@ WARNING = "weave-sidecar is not used"
 PACKAGE_ROOT = str(Path(weave_sidecar.__file__).resolve().parents[1])
 
 
+# Every test here runs over both transports: the Unix socket, and the
+# token-checked loopback TCP that Windows uses, forced on this OS.
+@pytest.fixture(params=["unix", "tcp"])
+def transport(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
 @pytest.fixture
-def env(weave_env: dict[str, str]) -> Iterator[dict[str, str]]:
+def env(weave_env: dict[str, str], transport: str) -> Iterator[dict[str, str]]:
     """weave_env plus the sidecar switched on, a short runtime dir and our package."""
     runtime = tempfile.mkdtemp(prefix="wst-", dir="/tmp")
     e = dict(weave_env)
+    if transport == "tcp":
+        e["WEAVE_SIDECAR_TRANSPORT"] = "tcp"
     e.update(
         WEAVE_USE_SIDECAR="true",
         # The binary these tests found or built, in every traced script.
@@ -89,7 +98,11 @@ def wait_gone(pid: int, seconds: float = 20) -> bool:
 
 @pytest.mark.parametrize("finish", [True, False], ids=["flush", "exit-at-once"])
 def test_calls_go_through_sidecar(
-    trace_server: TraceServer, project_id: str, env: dict[str, str], finish: bool
+    trace_server: TraceServer,
+    project_id: str,
+    env: dict[str, str],
+    finish: bool,
+    transport: str,
 ) -> None:
     args = [project_id, "20", "--enable"] + ([] if finish else ["--no-finish"])
     proc = run_script("traced.py", env, *args)
@@ -102,6 +115,10 @@ def test_calls_go_through_sidecar(
     if finish:
         assert out["read_back"] == len(out["ids"])
     assert out["status"]["state"] == "open"
+    if transport == "tcp":
+        assert out["status"]["socket"].startswith("127.0.0.1:")
+    else:
+        assert out["status"]["socket"].startswith("/")
     assert out["alive"] is True
     assert wait_gone(out["status"]["pid"])
     assert went_through_sidecar(trace_server)
@@ -210,8 +227,10 @@ def test_sigint_to_the_process_group_delivers_the_end(
 
 
 def test_shared_sidecar_is_used_when_backend_matches(
-    trace_server: TraceServer, project_id: str, env: dict[str, str]
+    trace_server: TraceServer, project_id: str, env: dict[str, str], transport: str
 ) -> None:
+    if transport == "tcp":
+        pytest.skip("a shared sidecar is found on its Unix socket only")
     path = os.path.join(env["XDG_RUNTIME_DIR"], "shared.sock")
     shared = subprocess.Popen(
         [sidecar_bin(), "--socket", path, "--backend", trace_server.url + "/"],
