@@ -141,15 +141,20 @@ def test_wheel_installs_and_forwards_calls_without_go(
     )
     assert install.returncode == 0, install.stderr
 
-    version = subprocess.run(
-        [str(python), "-m", "weave_sidecar", "--version"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert version.returncode == 0, version.stderr
-    assert _version() in version.stdout
+    # The module and the console script both run the bundled binary.
+    for command in (
+        [str(python), "-m", "weave_sidecar"],
+        [str(python.parent / "weave-sidecar")],
+    ):
+        version = subprocess.run(
+            [*command, "--version"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert version.returncode == 0, version.stderr
+        assert _version() in version.stdout
 
     smoke = subprocess.run(
         [str(python), str(SMOKE)],
