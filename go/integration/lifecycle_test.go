@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -246,4 +247,57 @@ func TestBackendCredentialsNotShown(t *testing.T) {
 	assert.NotContains(t, string(resp.Result), "pw-secret")
 	assert.Contains(t, string(resp.Result), be.URL)
 	assert.NotContains(t, sc.Logs(), "pw-secret")
+}
+
+// TestSIGTERMDuringOutageBackoff: a batch held by an outage waits out an
+// hour-long backoff when the backend comes back and SIGTERM arrives. The
+// drain must end that wait and deliver, not sleep out --shutdown-timeout.
+// While the outage lasts, the request and retry counters move.
+func TestSIGTERMDuringOutageBackoff(t *testing.T) {
+	be := NewBackend(t)
+	var up atomic.Bool
+	var afterUp atomic.Int32
+	be.Script(func(req *Request) Reply {
+		switch {
+		case up.Load() && afterUp.Add(1) > 2: // back, after two more failures
+			return Reply{}
+		case req.N <= 3 && !up.Load(): // quick retries first, so retries move
+			return Reply{Status: 503}
+		default: // then a wait of an hour
+			return Reply{Status: 503, Header: map[string]string{"Retry-After": "3600"}}
+		}
+	})
+	sc := StartSidecar(t, be.URL, Options{Args: []string{"--shutdown-timeout", "20s", "--flush-max-count", "10",
+		"--metrics-addr", "127.0.0.1:0"}})
+	metricsURL := "http://" + metricsAddr(t, sc) + "/metrics"
+	sendCalls(t, Dial(t, sc.Socket), "outage", 10)
+
+	// Counted per attempt, while the batch is still undelivered.
+	deadline := time.Now().Add(60 * time.Second)
+	var st map[string]any
+	for {
+		st = statsNow(t, sc)
+		if statsNum(t, st, "http_requests") >= 4 {
+			break
+		}
+		require.True(t, time.Now().Before(deadline), "stats during the outage: %v", st)
+		time.Sleep(20 * time.Millisecond)
+	}
+	// The fourth answer asked for an hour: the counts stand still and match
+	// the backend's, each attempt counted once.
+	assert.Zero(t, statsNum(t, st, "delivered"))
+	assert.Equal(t, int64(4), statsNum(t, st, "http_requests"))
+	assert.Equal(t, int64(3), statsNum(t, st, "retries"))
+	assert.Len(t, be.Requests(), 4)
+	_, text := httpGet(t, metricsURL)
+	assert.Equal(t, 4.0, scrapeValue(text, "weave_sidecar_backend_requests_total"))
+	assert.Equal(t, 3.0, scrapeValue(text, "weave_sidecar_backend_retries_total"))
+
+	up.Store(true)
+	sc.Signal(t, syscall.SIGTERM)
+	assert.Equal(t, 0, sc.Wait(t, 60*time.Second))
+	assert.Len(t, be.Delivered(), 10)
+	logs := sc.Logs()
+	assert.Contains(t, logs, `"delivered":10,"dropped":0,"undelivered":0`)
+	assert.Contains(t, logs, "backend reachable again")
 }

@@ -94,12 +94,22 @@ func run(args []string, getenv func(string) string, stdin io.Reader, stdout, std
 	st := &stats.Stats{}
 	var b *batch.Batcher
 	var met *metrics.Metrics
-	var onAttempt func(backend.Attempt)
 	var onCut func(batch.Cut)
 	if cfg.MetricsAddr != "" {
 		met = metrics.New(metrics.Config{Stats: st, Queue: func() stats.Queue { return b.Queue() },
 			FailureThreshold: cfg.UnreadyAfter})
-		onAttempt, onCut = met.ObserveAttempt, met.ObserveCut
+		onCut = met.ObserveCut
+	}
+	// Requests and retries are counted as each attempt ends, not when its
+	// batch is resolved, so an outage shows in stats and metrics.
+	onAttempt := func(a backend.Attempt) {
+		st.HTTPRequests.Add(1)
+		if a.Number > 1 {
+			st.Retries.Add(1)
+		}
+		if met != nil {
+			met.ObserveAttempt(a)
+		}
 	}
 
 	client, err := backend.New(backend.Config{

@@ -40,7 +40,8 @@ type Config struct {
 	Backoff        BackoffConfig // zero value means production defaults
 	// OnAttempt, when set, is called after every HTTP attempt that got an
 	// answer or a network error (not one cut short by shutdown), on the
-	// sender's goroutine; it must be quick. For metrics.
+	// sender's goroutine, as it happens; it must be quick. For counters and
+	// metrics.
 	OnAttempt func(Attempt)
 }
 
@@ -50,6 +51,7 @@ type Attempt struct {
 	Duration time.Duration
 	Status   int  // 0 for a network error or timeout
 	Retry    bool // the answer is retried: network error, 408, 429 or 5xx
+	Number   int  // 1 for a body's first attempt; more is a retry of the same body
 	Items    int
 	Bytes    int
 }
@@ -67,6 +69,9 @@ type Client struct {
 	log      *slog.Logger
 	hc       *http.Client
 	observe  func(Attempt) // nil when Config.OnAttempt is
+
+	drainOnce sync.Once
+	drain     chan struct{} // closed by Drain: shutdown has begun
 
 	mu            sync.Mutex // guards the fields below
 	failing       bool       // an outage streak is under way
@@ -125,7 +130,30 @@ func New(cfg Config) (*Client, error) {
 			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 		},
 		callsComplete: make(map[string]bool),
+		drain:         make(chan struct{}),
 	}, nil
+}
+
+// drainRetryWait caps every wait between attempts once Drain was called,
+// Retry-After included: the shutdown deadline, not the server's hint, now
+// bounds the retries, and a backend that is back must get the calls before
+// the deadline drops them.
+const drainRetryWait = time.Second
+
+// Drain tells c that shutdown has begun. A backoff wait under way ends at
+// once and the body is tried again; from then on a failed attempt is
+// retried after at most drainRetryWait (and at most a quarter of the time
+// left before the ctx deadline of Send), until that ctx ends. Drain may be
+// called more than once, from any goroutine.
+func (c *Client) Drain() { c.drainOnce.Do(func() { close(c.drain) }) }
+
+func (c *Client) draining() bool {
+	select {
+	case <-c.drain:
+		return true
+	default:
+		return false
+	}
 }
 
 // Endpoint returns the URL batches are posted to (never with credentials).
@@ -163,6 +191,8 @@ func (s *sendState) drop(idx []int, reason DropReason, detail string) {
 // error_code CALLS_COMPLETE_MODE_REQUIRED drops the items of the projects
 // concerned (DropCallsComplete), reported in Report.CallsCompleteProjects;
 // later items of those projects are dropped without a request.
+//
+// Once Drain was called, retry waits are short (see Drain).
 //
 // Send logs each drop once, with call ids and reasons, never payloads.
 func (c *Client) Send(ctx context.Context, items []Item) Report {

@@ -44,7 +44,8 @@ func (b BackoffConfig) withDefaults() BackoffConfig {
 //
 // NOTE(g2): the wait is never shorter than Retry-After up to this bound; a
 // longer or absurd value (years, overflow) is treated as this bound so a
-// bad header cannot park the sidecar forever. Shutdown still ends any wait.
+// bad header cannot park the sidecar forever. Shutdown still ends any wait,
+// and during the drain (Client.Drain) waits are short whatever the header.
 const maxRetryAfter = time.Hour
 
 const (
@@ -123,7 +124,7 @@ func (c *Client) post(ctx context.Context, s *sendState, body []byte, items int)
 		res := c.attempt(ctx, body, retryID, items, attempt)
 		if c.observe != nil && res.class != classShutdown {
 			c.observe(Attempt{Start: start, Duration: time.Since(start), Status: res.status,
-				Retry: res.class == classRetry, Items: items, Bytes: len(body)})
+				Retry: res.class == classRetry, Number: attempt, Items: items, Bytes: len(body)})
 		}
 		if res.class != classRetry {
 			c.answered(res)
@@ -135,15 +136,34 @@ func (c *Client) post(ctx context.Context, s *sendState, body []byte, items int)
 
 		wait := time.Duration(rand.Int64N(int64(bo.NextBackOff()) + 1))
 		wait = max(wait, res.retryAfter)
+		drain := c.drain // ends the wait when shutdown begins
+		if c.draining() {
+			wait = min(wait, drainWait(ctx))
+			drain = nil
+		}
 		c.failed(res, items, len(body), wait)
 		t := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
 			t.Stop()
 			return result{class: classShutdown}
+		case <-drain:
+			t.Stop()
+			c.log.Debug("shutdown began: retrying now", "items", items, "retry_id", retryID)
 		case <-t.C:
 		}
 	}
+}
+
+// drainWait bounds a wait between attempts during the drain: at most
+// drainRetryWait, and at most a quarter of the time left before ctx's
+// deadline, so several attempts still fit.
+func drainWait(ctx context.Context) time.Duration {
+	wait := drainRetryWait
+	if d, ok := ctx.Deadline(); ok {
+		wait = min(wait, max(time.Until(d)/4, 0))
+	}
+	return wait
 }
 
 // attempt makes one HTTP request.

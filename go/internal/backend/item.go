@@ -46,7 +46,8 @@ type Report struct {
 	CallsCompleteProjects []string
 	// Unauthorized is set when the server answered 401 or 403.
 	Unauthorized bool
-	// Requests and Retries count HTTP attempts made by this Send.
+	// Requests and Retries count HTTP attempts made by this Send, once it
+	// returns; Config.OnAttempt sees each attempt as it happens.
 	Requests int
 	Retries  int
 }

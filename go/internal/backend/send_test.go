@@ -509,9 +509,60 @@ func TestSendOnAttempt(t *testing.T) {
 	}{{503, true}, {0, true}, {200, false}} {
 		assert.Equal(t, want.status, got[i].Status, "attempt %d", i)
 		assert.Equal(t, want.retry, got[i].Retry, "attempt %d", i)
+		assert.Equal(t, i+1, got[i].Number, "attempt %d", i)
 		assert.Equal(t, 3, got[i].Items, "attempt %d", i)
 		assert.Equal(t, body, got[i].Bytes, "attempt %d", i)
 		assert.False(t, got[i].Start.IsZero(), "attempt %d", i)
 		assert.GreaterOrEqual(t, got[i].Duration, time.Duration(0), "attempt %d", i)
 	}
+}
+
+func TestSendDrainEndsBackoffWait(t *testing.T) {
+	// Down with an hour-long Retry-After and backoff, until two attempts
+	// after the drain began; then up.
+	var drained atomic.Bool
+	var afterDrain atomic.Int32
+	fb := newFakeBackend(t, func(int, received) reply {
+		if drained.Load() && afterDrain.Add(1) > 2 {
+			return reply{status: 200, body: `{"res":[]}`}
+		}
+		return reply{status: 503, header: map[string]string{"Retry-After": "3600"}}
+	})
+	var numbers []int
+	c, logs := newTestClient(t, fb.srv.URL, func(cfg *Config) {
+		cfg.Backoff = BackoffConfig{Initial: time.Hour, Max: time.Hour}
+		cfg.OnAttempt = func(a Attempt) { numbers = append(numbers, a.Number) }
+	})
+	go func() {
+		// The first attempt failed and its wait of an hour began.
+		for len(logs.lines(t, "backend delivery failing")) == 0 {
+			time.Sleep(time.Millisecond)
+		}
+		drained.Store(true)
+		c.Drain()
+		c.Drain() // twice is harmless
+	}()
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+
+	rep := c.Send(ctx, callItems(4))
+
+	assert.Equal(t, Report{Delivered: 4, Requests: 4, Retries: 3}, rep)
+	assert.Equal(t, []int{1, 2, 3, 4}, numbers)
+	assert.Len(t, logs.lines(t, "shutdown began: retrying now"), 1)
+	for _, l := range logs.lines(t, "backend delivery still failing") {
+		wait, err := time.ParseDuration(l["retry_in"].(string))
+		require.NoError(t, err)
+		assert.LessOrEqual(t, wait, drainRetryWait, "a wait during the drain")
+	}
+}
+
+func TestDrainWait(t *testing.T) {
+	assert.Equal(t, drainRetryWait, drainWait(t.Context()))
+	ctx, cancel := context.WithTimeout(t.Context(), time.Hour)
+	defer cancel()
+	assert.Equal(t, drainRetryWait, drainWait(ctx))
+	ctx, cancel = context.WithDeadline(t.Context(), time.Now().Add(-time.Second))
+	defer cancel()
+	assert.Equal(t, time.Duration(0), drainWait(ctx), "past deadline")
 }

@@ -39,6 +39,14 @@ type Sender interface {
 	Send(ctx context.Context, items []backend.Item) backend.Report
 }
 
+// Drainer is a Sender that can shorten its retry waits once shutdown
+// begins: Close calls Drain before it sends what is left, so a batch
+// waiting out a long backoff is tried again at once. *backend.Client
+// implements it.
+type Drainer interface {
+	Drain()
+}
+
 // Encoded sizes around payloads in an upsert_batch body.
 const (
 	bodyOverhead = len(`{"batch":[]}`)
@@ -554,6 +562,7 @@ func (b *Batcher) Queue() stats.Queue {
 // Close refuses further intake, sends everything accepted and waits for
 // the sender. When ctx ends first, the batch in flight and every batch
 // behind it are dropped as undelivered. Close returns the delivery totals.
+// A Sender that is a Drainer is told first, so retries become prompt.
 //
 // With a spool, Close delivers what is in memory and leaves calls still on
 // disk for the next start; calls cut short by ctx stay in the spool too
@@ -562,6 +571,9 @@ func (b *Batcher) Close(ctx context.Context) Summary {
 	b.mu.Lock()
 	b.closed = true
 	b.mu.Unlock()
+	if d, ok := b.cfg.Sender.(Drainer); ok {
+		d.Drain()
+	}
 	close(b.stopLoader)
 	<-b.loaderDone
 	b.mu.Lock()
@@ -717,8 +729,6 @@ func (b *Batcher) finish(bt batch, rep backend.Report) {
 		}
 	}
 	b.st.Delivered.Add(int64(nDelivered))
-	b.st.HTTPRequests.Add(int64(rep.Requests))
-	b.st.Retries.Add(int64(rep.Retries))
 	b.delivered.Add(int64(nDelivered))
 	b.dropped.Add(int64(nDropped))
 	if nDropped > 0 {

@@ -225,8 +225,10 @@ func TestReportOutcomes(t *testing.T) {
 	snap := st.Snapshot(b.Queue())
 	assert.Equal(t, int64(1), snap.Failed["rejected"])
 	assert.Equal(t, int64(1), snap.Failed["calls_complete_mode"])
-	assert.Equal(t, int64(2), snap.HTTPRequests)
-	assert.Equal(t, int64(1), snap.Retries)
+	// Counted per attempt by the backend's hook (main wires it), never per
+	// batch here, so nothing is counted twice.
+	assert.Zero(t, snap.HTTPRequests)
+	assert.Zero(t, snap.Retries)
 	assert.Equal(t, int64(0), snap.QueuedItems)
 
 	// The calls-complete project is refused; others still flow.
@@ -295,6 +297,38 @@ func TestCloseDeadlineDropsTheRest(t *testing.T) {
 	require.NoError(t, <-flushed, "a flush waiting at shutdown is released")
 	// At most the first batch reached the sender; the rest were dropped unsent.
 	assert.LessOrEqual(t, len(rec.ids()), 1)
+}
+
+// drainSender holds every batch, like a backoff wait, until Drain.
+type drainSender struct {
+	once    sync.Once
+	drained chan struct{}
+}
+
+func (d *drainSender) Drain() { d.once.Do(func() { close(d.drained) }) }
+
+func (d *drainSender) Send(ctx context.Context, items []backend.Item) backend.Report {
+	select {
+	case <-d.drained:
+		return backend.Report{Delivered: len(items)}
+	case <-ctx.Done():
+		return dropAll(len(items), backend.DropShutdown)
+	}
+}
+
+func TestCloseDrainsTheSender(t *testing.T) {
+	ds := &drainSender{drained: make(chan struct{})}
+	b, _ := newBatcher(t, ds, func(c *Config) { c.MaxCount = 2 })
+	var tally Tally
+	for i := range 5 {
+		require.Nil(t, b.Add(&tally, item(fmt.Sprint(i), 50)))
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	sum := b.Close(ctx)
+	assert.Equal(t, Summary{Delivered: 5}, sum)
+	assert.Equal(t, int64(5), tally.Delivered())
 }
 
 func TestReturnedOrdinals(t *testing.T) {

@@ -42,9 +42,12 @@ type Stats struct {
 	CallsRefused  atomic.Int64
 	Delivered     atomic.Int64 // calls the trace server accepted
 	Batches       atomic.Int64 // batches handed to the backend
-	HTTPRequests  atomic.Int64
-	Retries       atomic.Int64
-	Connections   atomic.Int64 // connections open now
+	// HTTPRequests and Retries count backend attempts as each one ends
+	// (backend.Config.OnAttempt), so they move during an outage; Retries
+	// counts the attempts after a body's first.
+	HTTPRequests atomic.Int64
+	Retries      atomic.Int64
+	Connections  atomic.Int64 // connections open now
 
 	refused [16]atomic.Int64 // indexed like protocol.Codes
 	failed  [8]atomic.Int64  // indexed like dropReasons
