@@ -38,6 +38,7 @@ type config struct {
 	Socket          string
 	Backend         string
 	APIKey          string
+	APIKeySource    string // "flag", or the environment variable APIKey came from; empty when unset
 	FlushInterval   time.Duration
 	FlushMaxCount   int
 	FlushMaxBytes   int
@@ -134,14 +135,15 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 		UnreadyAfter:    defaultUnreadyAfter,
 	}
 	fs := flag.NewFlagSet("weave-sidecar", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.Usage = func() {
+	usage := func() {
 		fmt.Fprintf(stderr, "usage: weave-sidecar --backend URL [flags]\n\n"+
 			"Forwards Weave call_start/call_end from a Unix socket (or loopback TCP) to the trace server in batches.\n"+
 			"Every flag can also be set as %s<FLAG_NAME> (e.g. %s); a flag on the command line wins.\n\n",
 			envPrefix, envName("flush-interval"))
+		fs.SetOutput(stderr)
 		fs.PrintDefaults()
 	}
+	silenceFlagErrors(fs)
 	fs.StringVar(&cfg.Socket, "socket", cfg.Socket, "Unix socket to listen on (created with mode 0600)")
 	fs.StringVar(&cfg.Backend, "backend", "", "trace server base URL, e.g. https://trace.wandb.ai (required; a path prefix is kept)")
 	fs.StringVar(&cfg.APIKey, "api-key", "", "W&B API key (default: "+envName("api-key")+", then WANDB_API_KEY, then netrc; prefer the environment, argv is visible in ps)")
@@ -163,8 +165,8 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 	fs.StringVar(&cfg.ReadyFile, "ready-file", "", "once listening, write the pid and listening addresses as JSON to this file, atomically (empty: off)")
 	fs.BoolVar(&cfg.Version, "version", false, "print the version and exit")
 
-	if err := fs.Parse(args); err != nil {
-		return cfg, usageError{err}
+	if err := parseFlags(fs, args, usage, "weave-sidecar --help"); err != nil {
+		return cfg, err
 	}
 	if fs.NArg() > 0 {
 		return cfg, usageError{fmt.Errorf("unexpected argument %q (flags only)", fs.Arg(0))}
@@ -175,6 +177,9 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 
 	set := make(map[string]bool)
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	if set["api-key"] {
+		cfg.APIKeySource = "flag"
+	}
 	var envErr error
 	fs.VisitAll(func(f *flag.Flag) {
 		if set[f.Name] || envErr != nil {
@@ -197,6 +202,9 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 			// The value may be a secret: name the variable, not what it holds.
 			envErr = usageError{fmt.Errorf("environment variable %s: invalid value for --%s", name, f.Name)}
 		}
+		if f.Name == "api-key" {
+			cfg.APIKeySource = name
+		}
 	})
 	if envErr != nil {
 		return cfg, envErr
@@ -206,6 +214,30 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 		cfg.Socket = "" // TCP only, unless a socket was asked for too
 	}
 	return cfg, cfg.validate()
+}
+
+// silenceFlagErrors stops fs from printing its own errors and usage:
+// parseFlags prints the usage for -help, and main reports any other error
+// once.
+func silenceFlagErrors(fs *flag.FlagSet) {
+	fs.SetOutput(io.Discard)
+	fs.Usage = func() {}
+}
+
+// parseFlags parses args into fs. For -help it calls usage and returns a
+// usageError wrapping flag.ErrHelp; any other error is a usageError that
+// points at helpCmd.
+func parseFlags(fs *flag.FlagSet, args []string, usage func(), helpCmd string) error {
+	err := fs.Parse(args)
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, flag.ErrHelp):
+		usage()
+		return usageError{err}
+	default:
+		return usageError{fmt.Errorf("%w (see %s)", err, helpCmd)}
+	}
 }
 
 func (cfg *config) validate() error {

@@ -44,10 +44,16 @@ func TestParseConfig(t *testing.T) {
 			assert.Equal(t, 7, cfg.FlushMaxCount, "the flag wins")
 			assert.Equal(t, 250*time.Millisecond, cfg.FlushInterval)
 			assert.Equal(t, "k", cfg.APIKey)
+			assert.Equal(t, "WEAVE_SIDECAR_API_KEY", cfg.APIKeySource)
 			assert.True(t, cfg.ExitOnStdinEOF)
 			assert.Equal(t, 42, cfg.ParentPID)
 			assert.Equal(t, slog.LevelDebug, cfg.LogLevel)
 		}},
+		{"key on the command line", []string{"--backend", "http://h", "--api-key", "k"},
+			map[string]string{"WEAVE_SIDECAR_API_KEY": "other"}, func(t *testing.T, cfg config) {
+				assert.Equal(t, "k", cfg.APIKey)
+				assert.Equal(t, "flag", cfg.APIKeySource)
+			}},
 		{"seconds as numbers", []string{"--backend", "http://h", "--shutdown-timeout", "2.5", "--request-timeout", "3"}, nil,
 			func(t *testing.T, cfg config) {
 				assert.Equal(t, 2500*time.Millisecond, cfg.ShutdownTimeout)
@@ -110,4 +116,17 @@ func TestPublicBackend(t *testing.T) {
 	u, host := publicBackend("https://user:pw@trace.example:8443/prefix/")
 	assert.Equal(t, "https://trace.example:8443/prefix/", u)
 	assert.Equal(t, "trace.example:8443", host)
+}
+
+// A bad flag is reported once, by main, with a pointer to --help.
+func TestBadFlagReportedOnce(t *testing.T) {
+	for _, args := range [][]string{{"--bogus"}, {"status", "--bogus"}} {
+		var out bytes.Buffer
+		err := run(args, func(string) string { return "" }, nil, &out, &out)
+		var ue usageError
+		require.ErrorAs(t, err, &ue, "%v", args)
+		assert.Contains(t, err.Error(), "flag provided but not defined: -bogus", "%v", args)
+		assert.Contains(t, err.Error(), "--help", "%v", args)
+		assert.Empty(t, out.String(), "%v: nothing printed besides main's one line", args)
+	}
 }

@@ -87,6 +87,9 @@ func run(args []string, getenv func(string) string, stdin io.Reader, stdout, std
 	if err != nil {
 		return err
 	}
+	if keySource == "flag" {
+		keySource = cfg.APIKeySource // --api-key or its environment variable
+	}
 	publicURL, host := publicBackend(cfg.Backend)
 
 	// Metrics read the counters and the batcher at scrape time; b is set

@@ -63,27 +63,32 @@ var spoolKeys = []string{"spooled_items", "spool_bytes", "spool_max_bytes", "rep
 // runStatus is `weave-sidecar status`: it asks a running sidecar for hello
 // and stats and prints them for a person (or the stats JSON with --json).
 func runStatus(args []string, getenv func(string) string, stdout, stderr io.Writer) error {
-	socket := getenv(envName("socket"))
-	if socket == "" {
-		socket = defaultSocket
-	}
 	timeout := defaultStatusTimeout
+	var socket string
 	var asJSON bool
 	fs := flag.NewFlagSet("weave-sidecar status", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.Usage = func() {
+	usage := func() {
 		fmt.Fprintf(stderr, "usage: weave-sidecar status [--socket PATH] [--json]\n\n"+
 			"Prints the counters of a running sidecar. Exits 1 if it cannot be reached.\n\n")
+		fs.SetOutput(stderr)
 		fs.PrintDefaults()
 	}
-	fs.StringVar(&socket, "socket", socket, "the sidecar's Unix socket (default: "+envName("socket")+", then "+defaultSocket+")")
+	silenceFlagErrors(fs)
+	// No flag default: the help names the fallbacks once.
+	fs.StringVar(&socket, "socket", "", "the sidecar's Unix socket (default: "+envName("socket")+", then "+defaultSocket+")")
 	fs.BoolVar(&asJSON, "json", false, "print the stats result as JSON instead")
 	fs.Var(durationValue{&timeout}, "timeout", "bound on connecting and on each answer")
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args, usage, "weave-sidecar status --help"); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return flagHelp
 		}
-		return usageError{err}
+		return err
+	}
+	if socket == "" {
+		socket = getenv(envName("socket"))
+	}
+	if socket == "" {
+		socket = defaultSocket
 	}
 	if fs.NArg() > 0 {
 		return usageError{fmt.Errorf("status: unexpected argument %q (flags only)", fs.Arg(0))}

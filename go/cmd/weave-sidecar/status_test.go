@@ -154,6 +154,7 @@ func TestStatusErrors(t *testing.T) {
 	out.Reset()
 	assert.ErrorIs(t, run([]string{"status", "-h"}, getenv, nil, &out, &out), flagHelp)
 	assert.Contains(t, out.String(), "usage: weave-sidecar status")
+	assert.Equal(t, 1, strings.Count(out.String(), defaultSocket), "the socket default is shown once:\n%s", out.String())
 }
 
 // A peer that accepts and never answers: the timeout bounds the wait.

@@ -238,7 +238,8 @@ func (c *Client) failed(res result, items, bodyBytes int, wait time.Duration) {
 }
 
 // answered ends an outage streak with one info line, and logs the start of
-// an authorization streak with one error line.
+// an authorization streak with one debug line (its owner, the batcher,
+// logs what the sidecar does about it).
 func (c *Client) answered(res result) {
 	c.mu.Lock()
 	recovered, failures, since := c.failing, c.failures, c.failSince
@@ -252,8 +253,7 @@ func (c *Client) answered(res result) {
 	}
 	switch {
 	case res.class == classUnauthorized && !wasUnauthorized:
-		c.log.Error("trace server refused the api key; calls are dropped until it accepts it",
-			"status", res.status, "reason", res.reason)
+		c.log.Debug("trace server refused the api key", "status", res.status, "reason", res.reason)
 	case res.class == classOK && wasUnauthorized:
 		c.log.Info("trace server accepts the api key again")
 	}

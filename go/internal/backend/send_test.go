@@ -301,7 +301,7 @@ func TestSendUnauthorized(t *testing.T) {
 	}
 	assert.True(t, rep2.Unauthorized)
 	assert.Len(t, rep2.Dropped, 2)
-	assert.Len(t, logs.lines(t, "trace server refused the api key"), 1, "one error line per streak")
+	assert.Len(t, logs.lines(t, "trace server refused the api key"), 1, "one line per streak")
 
 	accept.Store(true)
 	rep3 := c.Send(t.Context(), items[:2])

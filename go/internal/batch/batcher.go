@@ -665,6 +665,16 @@ func (b *Batcher) sendLoop() {
 	}
 }
 
+// unauthorizedDetail returns the server's reason for a 401/403 in rep.
+func unauthorizedDetail(rep backend.Report) string {
+	for _, d := range rep.Dropped {
+		if d.Reason == backend.DropUnauthorized {
+			return d.Detail
+		}
+	}
+	return ""
+}
+
 func dropAll(n int, reason backend.DropReason) backend.Report {
 	rep := backend.Report{Dropped: make([]backend.Drop, n)}
 	for i := range rep.Dropped {
@@ -739,7 +749,10 @@ func (b *Batcher) finish(bt batch, rep backend.Report) {
 	defer b.mu.Unlock()
 	if rep.Unauthorized && !b.unauthorized {
 		b.unauthorized = true
-		b.log.Error("the trace server refused the API key (401/403); refusing new calls so clients fall back")
+		// The one line about it; the backend logs the answer at debug level.
+		b.log.Error("trace server refused the api key (401/403): the calls it refused go back to their clients, "+
+			"and new calls are refused until the sidecar restarts, so clients send them directly",
+			"reason", unauthorizedDetail(rep))
 	}
 	for _, p := range rep.CallsCompleteProjects {
 		if _, ok := b.refused[p]; !ok {
