@@ -301,3 +301,18 @@ func TestSIGTERMDuringOutageBackoff(t *testing.T) {
 	assert.Contains(t, logs, `"delivered":10,"dropped":0,"undelivered":0`)
 	assert.Contains(t, logs, "backend reachable again")
 }
+
+// A second SIGTERM during the drain exits at once, saying how many calls
+// it gives up.
+func TestSecondSignalDuringDrain(t *testing.T) {
+	be := NewBackend(t)
+	be.Script(func(*Request) Reply { return Reply{Hang: true} })
+	sc := StartSidecar(t, be.URL, Options{Args: []string{"--shutdown-timeout", "5m", "--flush-max-count", "2"}})
+	sendCalls(t, Dial(t, sc.Socket), "twice", 5)
+
+	sc.Signal(t, syscall.SIGTERM)
+	waitLog(t, sc, `"msg":"shutting down"`)
+	sc.Signal(t, syscall.SIGTERM)
+	assert.Equal(t, 128+int(syscall.SIGTERM), sc.Wait(t, 60*time.Second))
+	assert.Contains(t, sc.Logs(), `"msg":"second signal: exiting without finishing the drain","signal":"terminated","abandoned":5`)
+}

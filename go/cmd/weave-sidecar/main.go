@@ -202,9 +202,15 @@ func run(args []string, getenv func(string) string, stdin io.Reader, stdout, std
 		"flush_max_bytes", min(cfg.FlushMaxBytes, protocol.MaxBodyBytes), "max_queue_bytes", cfg.MaxQueueBytes,
 		"max_line_bytes", protocol.MaxLineBytes, "shutdown_timeout", cfg.ShutdownTimeout.String())
 
-	reason := waitForStop(cfg, stdin)
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	defer signal.Stop(sigs)
+	reason := waitForStop(cfg, stdin, sigs)
 	start := time.Now()
 	log.Info("shutting down", "reason", reason)
+	drained := make(chan struct{})
+	defer close(drained)
+	go exitOnSecondSignal(sigs, drained, b, log)
 	if met != nil {
 		met.Stopping()
 	}
@@ -234,13 +240,34 @@ func run(args []string, getenv func(string) string, stdin io.Reader, stdout, std
 	return nil
 }
 
-// waitForStop blocks until a signal, stdin EOF (with --exit-on-stdin-eof)
-// or the parent's exit (with --parent-pid), and says which.
-func waitForStop(cfg config, stdin io.Reader) string {
+// exitOnSecondSignal ends the process at once when another SIGINT or
+// SIGTERM arrives before the drain is over: the calls still held are given
+// up (with a spool they stay on disk for the next start). The exit code is
+// 128 + the signal number, as if the signal had killed the process.
+func exitOnSecondSignal(sigs <-chan os.Signal, drained <-chan struct{}, b *batch.Batcher, log *slog.Logger) {
+	select {
+	case <-drained:
+		return
+	case sig := <-sigs:
+		q := b.Queue()
+		attrs := []any{"signal", sig.String(), "abandoned", q.Items}
+		if q.Spool != nil {
+			attrs = []any{"signal", sig.String(), "left_in_spool", q.Items + q.Spool.Items}
+		}
+		log.Error("second signal: exiting without finishing the drain", attrs...)
+		code := 1
+		if s, ok := sig.(syscall.Signal); ok {
+			code = 128 + int(s)
+		}
+		os.Exit(code)
+	}
+}
+
+// waitForStop blocks until a signal on sigs, stdin EOF (with
+// --exit-on-stdin-eof) or the parent's exit (with --parent-pid), and says
+// which.
+func waitForStop(cfg config, stdin io.Reader, sigs <-chan os.Signal) string {
 	stop := make(chan string, 3)
-	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
-	defer signal.Stop(sigs)
 
 	if cfg.ExitOnStdinEOF {
 		go func() {
