@@ -57,8 +57,8 @@ test-go: $(BIN)
 	cd go && $(GO) test -race -count=1 ./...
 
 test-fuzz:
-	cd go && $(GO) test -run='^$$' -fuzz='^FuzzDecode' -fuzztime=$(FUZZTIME) ./internal/protocol
-	cd go && $(GO) test -run='^$$' -fuzz='^FuzzReadSegment$$' -fuzztime=$(FUZZTIME) ./internal/spool
+	cd go && $(GO) test -run='^$$' -fuzz='^FuzzDecode' -fuzztime=$(FUZZTIME) -fuzzminimizetime=1s ./internal/protocol
+	cd go && $(GO) test -run='^$$' -fuzz='^FuzzReadSegment$$' -fuzztime=$(FUZZTIME) -fuzzminimizetime=1s ./internal/spool
 
 test-py: install
 	$(PY) -m pytest
