@@ -25,15 +25,26 @@ which the sidecar does not speak; attaching switches a fresh server back to the
 SDK's start/end path (what ``WEAVE_USE_CALLS_COMPLETE=false`` gives). Setting
 ``WEAVE_USE_CALLS_COMPLETE=true`` explicitly keeps calls-complete and the
 sidecar is not used (one warning). Everything else the server does (objects,
-files, tables, queries) is untouched. If the direct path later upgrades the
-server to calls-complete mode, the SDK replaces our processor with its own and
-the sidecar is no longer used for that server.
+files, tables, queries) is untouched.
+
+A project that requires calls-complete mode: the sidecar refuses or hands back
+its calls, they go direct, and the server answers the SDK's start/end request
+with CALLS_COMPLETE_MODE_REQUIRED. The SDK would then replace our processor
+with its own calls-complete one, which ``client.flush()`` and the exit drain
+without first getting back the calls the sidecar still holds, and which it
+makes (threads and all) even inside an exit hook; calls were lost both ways.
+So `attach` sets the server's ``_upgrade_to_calls_complete`` to
+`SidecarCallProcessor._to_calls_complete`: the server keeps our processor, a
+calls-complete processor becomes its direct path, and later calls of that
+server skip the sidecar. During exit no processor is made: the calls are
+paired and sent synchronously.
 
 Exit: the atexit hook registered when the first server is wired runs after the
 SDK's executor shutdown (atexit is LIFO). It closes every sidecar link; calls
-handed back meanwhile go to a direct-path processor that still accepts work
-(its own atexit drain runs later) or, if there is none, are sent synchronously
-at the end of the hook.
+handed back meanwhile go to a direct-path processor that still accepts work.
+Then it drains the processors made here (their own atexit drain is removed, as
+it would run before the sidecar hands calls back) and finally sends what is
+left with nothing to take it, synchronously.
 
 Fork: weave 0.54's own thread pools do not survive ``fork``: futures pending in
 the parent never finish in a child and its thread pool starts no workers, so a
@@ -81,10 +92,17 @@ class SidecarCallProcessor:
         self._to_json = to_json
         self._as_params = as_params
         self._inner_lock = threading.Lock()
-        # Guarded by _inner_lock: the direct-path processor once made, and the
-        # calls handed back during exit with nothing running to send them.
+        # Guarded by _inner_lock: the direct-path processor (start/end, or
+        # calls-complete once the project needs it); processors we made, whose
+        # exit drain is ours; processors replaced by the calls-complete one;
+        # and the calls handed back during exit with nothing running to take
+        # them.
         self._inner: Any = inner
+        self._made: list[Any] = []
+        self._retired: list[Any] = []
         self._at_exit: list[Any] = []
+        # Set once this server's project needs the calls-complete write path.
+        self._calls_complete = False
         # Stands in for the processor's stop event while there is none.
         self._idle_stop = threading.Event()
         _processors.add(self)
@@ -98,7 +116,6 @@ class SidecarCallProcessor:
 
     @property
     def stop_accepting_work_event(self) -> threading.Event:
-        # The SDK sets it when it upgrades the server to calls-complete.
         inner = self._inner
         return inner.stop_accepting_work_event if inner is not None else self._idle_stop
 
@@ -120,13 +137,25 @@ class SidecarCallProcessor:
         return self._inner is not None
 
     @property
+    def calls_complete(self) -> bool:
+        """Whether this server's calls go the calls-complete way (for tests)."""
+        return self._calls_complete
+
+    @property
     def link(self) -> Link:
         return self._link
 
     def enqueue_start(self, item: Any, *, eager_call_start: bool = False) -> None:
+        if self._calls_complete:
+            self._enqueue_direct([item], eager_call_start=eager_call_start)
+            return
         self._submit("call_start", item)
 
     def enqueue(self, items: list[Any]) -> None:
+        if self._calls_complete:
+            # The sidecar would refuse them; the SDK's requeues land here too.
+            self._enqueue_direct(items)
+            return
         for item in items:
             self._submit("call_start" if item.mode == "start" else "call_end", item)
 
@@ -147,62 +176,178 @@ class SidecarCallProcessor:
         a call with no running processor to take it waits for
         `send_pending_at_exit`.
         """
-        target = getattr(self._server, "call_processor", None)
-        if target is self or target is None:
-            target = self._direct_processor()
-        if target is None or (exiting() and not target.is_accepting_new_work()):
-            with self._inner_lock:
-                self._at_exit.append(item)
-            return
-        if item.mode == "start":
-            target.enqueue_start(item)
-        else:
-            target.enqueue([item])
+        self._enqueue_direct([item])
 
-    def _direct_processor(self) -> Any:
-        """The direct-path processor, made now if needed; None during exit."""
-        inner = self._inner
-        if inner is not None:
-            return inner
+    def _enqueue_direct(
+        self, items: list[Any], *, eager_call_start: bool = False
+    ) -> None:
+        # Under the lock, so that no call lands on a processor after it was
+        # replaced by the calls-complete one (its last round would miss it).
         with self._inner_lock:
-            if self._inner is None and not exiting():
-                self._inner = _new_direct_processor(self._server)
-                logger.debug("made the direct-path call processor")
-            return self._inner
+            target = self._direct_processor_locked()
+            if target is None or (exiting() and not target.is_accepting_new_work()):
+                self._at_exit.extend(items)
+                return
+            try:
+                if len(items) == 1 and items[0].mode == "start":
+                    target.enqueue_start(items[0], eager_call_start=eager_call_start)
+                else:
+                    target.enqueue(items)
+            except ValueError as exc:  # the calls-complete processor's pending limit
+                logger.warning("weave-sidecar: the SDK's call processor: %s", exc)
+
+    def _direct_processor_locked(self) -> Any:
+        """The direct-path processor, made now if needed; None during exit."""
+        if self._inner is None and not exiting():
+            if self._calls_complete:
+                self._inner = _new_calls_complete_processor(self._server)
+            else:
+                self._inner = _new_direct_processor(self._server, self._send_start_end)
+            self._made.append(self._inner)
+            logger.debug("made the direct-path call processor")
+        return self._inner
+
+    def _send_start_end(self, batch: list[Any]) -> None:
+        """The start/end processors' processor_fn: the SDK's start/end sender.
+
+        When the server answers that the project needs calls-complete mode,
+        the SDK calls `_to_calls_complete` (see `attach`); the batches still
+        queued then skip the start/end request.
+        """
+        if self._calls_complete:
+            self._enqueue_direct(batch)
+            return
+        self._server._flush_calls(batch)
+
+    def _to_calls_complete(self, batch: list[Any], message: str) -> None:
+        """Stands in for the server's _upgrade_to_calls_complete.
+
+        The SDK would replace this processor with its own calls-complete one,
+        which client.flush() and the exit would then drain without asking the
+        sidecar for the calls it still holds, and which it makes even in an
+        exit hook. Instead the server stays ours: a calls-complete processor
+        becomes our direct path (none during exit: `send_pending_at_exit`
+        sends synchronously), the start/end one is retired, and later calls
+        of this server skip the sidecar.
+        """
+        with self._inner_lock:
+            first = not self._calls_complete
+            self._calls_complete = True
+            self._server.use_calls_complete = True
+            old = self._inner
+            if first and old is not None:
+                # Its thread (maybe the caller) ends once its queue is empty;
+                # what it still holds comes here through _send_start_end.
+                old.stop_accepting_work_event.set()
+                self._retired.append(old)
+                self._inner = None
+        if first:
+            logger.info(
+                "weave-sidecar: the trace server needs the calls-complete write path "
+                "for this project; its calls go that way directly: %s",
+                message,
+            )
+            warn_fallback(
+                "a project needs the calls-complete write path, which the sidecar "
+                "does not speak; that project's calls were sent directly"
+            )
+        self._enqueue_direct(batch)
 
     def send_pending_at_exit(self) -> None:
         """Send the calls handed back during exit, synchronously (exit hook only)."""
-        with self._inner_lock:
-            items, self._at_exit = self._at_exit, []
-        if not items:
-            return
-        server = self._server
-        # Upgraded to calls-complete: its processor has stopped; the SDK's
-        # eager v2 start/end sender needs no thread.
-        send = (
-            server._flush_calls_eager
-            if getattr(server, "use_calls_complete", False)
-            else server._flush_calls
-        )
-        size = max(1, self.max_batch_size)
-        for i in range(0, len(items), size):
+        # A start/end round that meets calls-complete mode hands its calls
+        # back for a second round; nothing else adds to _at_exit here.
+        for _ in range(3):
+            with self._inner_lock:
+                items, self._at_exit = self._at_exit, []
+            if not items:
+                return
             try:
-                send(items[i : i + size])
+                if self._calls_complete:
+                    self._send_complete_now(items)
+                else:
+                    self._send_start_end_now(items)
             except Exception:  # the interpreter's exit must go on
                 logger.exception("weave-sidecar: sending calls directly at exit failed")
 
+    def _send_start_end_now(self, items: list[Any]) -> None:
+        size = max(1, self.max_batch_size)
+        for i in range(0, len(items), size):
+            if self._calls_complete:
+                with self._inner_lock:
+                    self._at_exit.extend(items[i:])
+                return
+            self._server._flush_calls(items[i : i + size])
+
+    def _send_complete_now(self, items: list[Any]) -> None:
+        """Pair starts with ends and send them the calls-complete way, now."""
+        from weave.trace_server_bindings.models import CompleteBatchItem
+
+        as_params = self._as_params
+        starts: dict[str, Any] = {}
+        ends: dict[str, Any] = {}
+        complete: dict[str, list[Any]] = {}
+        for item in items:
+            if item.mode == "complete":
+                project = as_params(item.req)["project_id"]
+                complete.setdefault(project, []).append(item)
+            elif item.mode == "start":
+                starts[as_params(item.req)["start"]["id"]] = item
+            else:
+                ends[as_params(item.req)["end"]["id"]] = item
+        for call_id in [i for i in starts if i in ends]:
+            started = as_params(starts.pop(call_id).req)["start"]
+            ended = as_params(ends.pop(call_id).req)["end"]
+            # A completed call is a start's fields plus an end's.
+            fields: Any = {**started, **ended}
+            call = CompleteBatchItem(req=fields)
+            complete.setdefault(fields["project_id"], []).append(call)
+        for batch in complete.values():
+            self._server._flush_calls_complete(batch)
+        unpaired = list(starts.values()) + list(ends.values())
+        if unpaired:
+            self._server._flush_calls_eager(unpaired)
+
+    def drain_at_exit(self) -> None:
+        """Drain the processors made here, after the sidecar was closed (exit hook)."""
+        with self._inner_lock:
+            made = list(self._made)
+        # Retired ones first: their leftovers go to the calls-complete one.
+        for processor in sorted(made, key=lambda p: p is self._inner):
+            try:
+                processor.stop_accepting_new_work_and_flush_queue()
+            except Exception:  # the interpreter's exit must go on
+                logger.exception(
+                    "weave-sidecar: draining the direct path at exit failed"
+                )
+
     @property
     def num_outstanding_jobs(self) -> int:
-        inner = self._inner
-        queued = int(inner.num_outstanding_jobs) if inner is not None else 0
-        return queued + self._link.in_flight
+        with self._inner_lock:
+            processors = [*self._retired, self._inner]
+            held = len(self._at_exit)
+        queued = sum(int(p.num_outstanding_jobs) for p in processors if p is not None)
+        return held + queued + self._link.in_flight
 
     def stop_accepting_new_work_and_flush_queue(self) -> None:
+        # The sidecar first: it may hand calls back, and so make the processor.
         self._link.flush()
-        # The flush may have handed calls back and so made the processor.
-        inner = self._inner
-        if inner is not None:
+        # Flushing the start/end processor may switch to calls-complete; then
+        # the one that replaced it is flushed too.
+        flushed: list[Any] = []
+        while True:
+            with self._inner_lock:
+                retired = [p for p in self._retired if p not in flushed]
+                inner = self._inner
+            if retired:
+                for processor in retired:
+                    processor.stop_accepting_new_work_and_flush_queue()
+                flushed.extend(retired)
+                continue
+            if inner is None or inner in flushed:
+                return
             inner.stop_accepting_new_work_and_flush_queue()
+            flushed.append(inner)
 
     def accept_new_work(self) -> None:
         inner = self._inner
@@ -216,22 +361,43 @@ class SidecarCallProcessor:
         return not exiting()
 
 
-def _new_direct_processor(remote: Any) -> Any:
-    """The processor the SDK builds for its start/end path."""
+def _new_direct_processor(remote: Any, send: Any) -> Any:
+    """The processor the SDK builds for its start/end path, sending with send."""
     from weave.trace.settings import max_calls_queue_size, should_enable_disk_fallback
     from weave.trace_server_bindings.async_batch_processor import AsyncBatchProcessor
 
-    return AsyncBatchProcessor(
-        remote._flush_calls,
+    processor = AsyncBatchProcessor(
+        send,
         max_queue_size=max_calls_queue_size(),
         enable_disk_fallback=should_enable_disk_fallback(),
     )
+    # Drained by our exit hook once the sidecar has handed back what it holds.
+    atexit.unregister(processor.stop_accepting_new_work_and_flush_queue)
+    return processor
+
+
+def _new_calls_complete_processor(remote: Any) -> Any:
+    """The processor the SDK builds for its calls-complete path."""
+    from weave.trace.settings import max_calls_queue_size, should_enable_disk_fallback
+    from weave.trace_server_bindings.call_batch_processor import CallBatchProcessor
+
+    processor = CallBatchProcessor(
+        complete_processor_fn=remote._flush_calls_complete,
+        eager_processor_fn=remote._flush_calls_eager,
+        max_queue_size=max_calls_queue_size(),
+        enable_disk_fallback=should_enable_disk_fallback(),
+    )
+    atexit.unregister(processor.stop_accepting_new_work_and_flush_queue)
+    return processor
 
 
 def _exit_hook() -> None:
     """Close every link, then send what came back with nothing left to take it."""
     close_all_at_exit()
-    for processor in list(_processors):
+    processors = list(_processors)
+    for processor in processors:
+        processor.drain_at_exit()
+    for processor in processors:
         processor.send_pending_at_exit()
 
 
@@ -265,8 +431,8 @@ def _retire_idle(remote: Any, old: Any) -> bool:
     `SidecarCallProcessor` makes a start/end one when a call first goes
     direct. A project that requires calls-complete is still handled: the
     sidecar answers calls_complete_mode_required or returns its calls, they go
-    direct, and the SDK upgrades itself as it would anyway. False when the
-    processor holds calls (then it is kept).
+    direct, and the server moves to calls-complete (module docstring). False
+    when the processor holds calls (then it is kept).
     """
     if old.num_outstanding_jobs:
         return False
@@ -328,7 +494,12 @@ def attach(server: Any) -> bool:
     if not link.start():
         return False
     inner = None if _retire_idle(remote, processor) else processor
-    remote.call_processor = SidecarCallProcessor(remote, link, inner)
+    ours = SidecarCallProcessor(remote, link, inner)
+    if inner is not None:
+        inner.processor_fn = ours._send_start_end
+    # The SDK calls it when the project needs calls-complete mode.
+    remote._upgrade_to_calls_complete = ours._to_calls_complete
+    remote.call_processor = ours
     return True
 
 
