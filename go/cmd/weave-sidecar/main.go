@@ -189,7 +189,11 @@ func run(args []string, getenv func(string) string, stdin io.Reader, stdout, std
 		}
 	}
 
-	srv := ingest.New(ingest.Config{Batcher: b, Stats: st, Hello: hello, Logger: log, Token: cfg.Token})
+	// Unfinished long lines of all connections share one bound the size of
+	// the queue (at least one maximal line), so many clients each sending a
+	// large call slowly cannot hold 32 MiB apiece.
+	srv := ingest.New(ingest.Config{Batcher: b, Stats: st, Hello: hello, Logger: log, Token: cfg.Token,
+		MaxPartialBytes: cfg.MaxQueueBytes})
 	ready, err := listen(cfg, srv)
 	if err != nil {
 		srv.Close()

@@ -2,12 +2,18 @@ package ingest
 
 import (
 	"bufio"
+	"context"
+	"log/slog"
 	"net"
+	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/weave-sidecar/weave-sidecar/go/internal/batch"
+	"github.com/weave-sidecar/weave-sidecar/go/internal/stats"
 )
 
 // A client that has written part of a line still gets the answers to the
@@ -63,4 +69,64 @@ func TestPipelinedSplitWrites(t *testing.T) {
 		require.NoError(t, err, "ack %d", i)
 		require.Contains(t, ack, `"success":true`, "ack %d", i)
 	}
+}
+
+// Unfinished long lines of all connections share one budget: a second
+// large line that arrives while another is held is skipped with
+// line_too_long, and fits once the first is done.
+func TestLongLinesShareABudget(t *testing.T) {
+	st := &stats.Stats{}
+	bt, err := batch.New(batch.Config{Sender: discard{}, FlushInterval: time.Second, MaxCount: 2000,
+		MaxBytes: 10 << 20, MaxQueueBytes: 1 << 30, Stats: st, Logger: slog.New(slog.DiscardHandler)})
+	require.NoError(t, err)
+	path := filepath.Join(shortDirB(t), "s")
+	ln, err := Listen(path)
+	require.NoError(t, err)
+	// The budget is raised to MaxLineBytes + 1 MiB: 5 MiB.
+	srv := New(Config{Batcher: bt, Stats: st, Hello: []byte(`{}`), Logger: slog.New(slog.DiscardHandler),
+		MaxLineBytes: 4 << 20, MaxPartialBytes: 1})
+	srv.Serve(ln)
+	t.Cleanup(func() {
+		srv.Close()
+		bt.Close(context.Background())
+	})
+	dial := func() (net.Conn, *bufio.Reader) {
+		c, err := net.Dial("unix", path)
+		require.NoError(t, err)
+		t.Cleanup(func() { c.Close() })
+		require.NoError(t, c.SetDeadline(time.Now().Add(60*time.Second)))
+		return c, bufio.NewReader(c)
+	}
+	big1, big2 := callLine(1, 3<<20), callLine(2, 3<<20)
+
+	a, ar := dial()
+	_, err = a.Write(big1[:len(big1)-1]) // all but the newline
+	require.NoError(t, err)
+	for srv.lines.Used() < 3<<20 {
+		time.Sleep(time.Millisecond)
+	}
+
+	b, br := dial()
+	_, err = b.Write(big2)
+	require.NoError(t, err)
+	ans, err := br.ReadString('\n')
+	require.NoError(t, err)
+	assert.Contains(t, ans, `"code":"line_too_long"`)
+	assert.Contains(t, ans, "memory left for long lines")
+
+	_, err = a.Write([]byte("\n"))
+	require.NoError(t, err)
+	ans, err = ar.ReadString('\n')
+	require.NoError(t, err)
+	assert.Contains(t, ans, `"success":true`)
+
+	// a's next read released its line: b's now fits.
+	for srv.lines.Used() > 0 {
+		time.Sleep(time.Millisecond)
+	}
+	_, err = b.Write(big2)
+	require.NoError(t, err)
+	ans, err = br.ReadString('\n')
+	require.NoError(t, err)
+	assert.Contains(t, ans, `"success":true`)
 }

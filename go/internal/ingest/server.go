@@ -44,7 +44,13 @@ type Config struct {
 	Stats        *stats.Stats // must be the batcher's
 	Hello        []byte       // the JSON result of a hello request
 	MaxLineBytes int          // zero means protocol.MaxLineBytes
-	Logger       *slog.Logger // nil means slog.Default()
+	// MaxPartialBytes bounds the memory all connections together hold for
+	// unfinished lines longer than the read buffer; a line that finds no
+	// room is skipped with line_too_long. It is raised to MaxLineBytes +
+	// 1 MiB, so one line of the largest size always fits. Zero means no
+	// bound: each connection may then hold up to MaxLineBytes.
+	MaxPartialBytes int64
+	Logger          *slog.Logger // nil means slog.Default()
 
 	// PeerUID reads a Unix peer's user id; nil means the OS's way (see
 	// guard.go). Peers running as another user are refused.
@@ -69,10 +75,11 @@ type Server struct {
 	conns map[*conn]struct{}
 	wg    sync.WaitGroup // accept loop and connection goroutines
 
-	uid      int             // the only user a Unix peer may run as
-	peerUID  PeerUIDFunc     // reads it
-	tokenSum [32]byte        // SHA-256 of cfg.Token
-	warned   map[string]bool // guarded by mu; see warnOnce
+	lines    *protocol.Budget // nil: unfinished lines are not bounded together
+	uid      int              // the only user a Unix peer may run as
+	peerUID  PeerUIDFunc      // reads it
+	tokenSum [32]byte         // SHA-256 of cfg.Token
+	warned   map[string]bool  // guarded by mu; see warnOnce
 }
 
 // New returns a Server; Serve starts it.
@@ -88,6 +95,9 @@ func New(cfg Config) *Server {
 		warned: make(map[string]bool)}
 	if s.peerUID == nil {
 		s.peerUID = osPeerUID
+	}
+	if cfg.MaxPartialBytes > 0 {
+		s.lines = protocol.NewBudget(max(cfg.MaxPartialBytes, int64(cfg.MaxLineBytes)+1<<20))
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	return s
@@ -238,6 +248,10 @@ func (s *Server) serveConn(cn *conn) {
 	r := &connReader{cn: cn, w: newWriter(s.cfg.Batcher.Durable(cn.c))}
 	r.lr = protocol.NewLineReader(r, readBufSize, s.cfg.MaxLineBytes)
 	lr, w := r.lr, r.w
+	if s.lines != nil {
+		lr.SetBudget(s.lines)
+		defer lr.Release()
+	}
 	var out []byte
 	var req protocol.Request
 	var tooLong *protocol.LineTooLongError // out of the loop: errors.As makes it escape

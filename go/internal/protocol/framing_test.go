@@ -47,6 +47,44 @@ func TestLineReader(t *testing.T) {
 	}, out)
 }
 
+func TestLineReaderBudget(t *testing.T) {
+	b := NewBudget(100)
+	lineA := strings.Repeat("a", 80)
+	lineB := strings.Repeat("b", 50)
+	ra := NewLineReader(strings.NewReader(lineA+"\n"), 16, 1000)
+	rb := NewLineReader(strings.NewReader(lineB+"\nok\n"+lineB+"\n"+lineB), 16, 1000)
+	ra.SetBudget(b)
+	rb.SetBudget(b)
+
+	line, err := ra.Next()
+	require.NoError(t, err)
+	assert.Equal(t, lineA, string(line))
+	assert.GreaterOrEqual(t, b.Used(), int64(81), "a's line is held until its next Next")
+
+	// No room for b's long line: skipped, and the short one after it is read.
+	_, err = rb.Next()
+	var tl *LineTooLongError
+	require.ErrorAs(t, err, &tl)
+	assert.Equal(t, LineTooLongError{Len: 50, Limit: 1000, Busy: true}, *tl)
+	assert.Contains(t, tl.Error(), "50 bytes skipped")
+	line, err = rb.Next()
+	require.NoError(t, err)
+	assert.Equal(t, "ok", string(line))
+
+	// Once a moves on, b's next long line fits.
+	_, err = ra.Next()
+	require.ErrorIs(t, err, io.EOF)
+	assert.Zero(t, b.Used())
+	line, err = rb.Next()
+	require.NoError(t, err)
+	assert.Equal(t, lineB, string(line))
+
+	// A partial line at EOF releases what it held.
+	_, err = rb.Next()
+	require.ErrorIs(t, err, io.EOF)
+	assert.Zero(t, b.Used())
+}
+
 func TestResponses(t *testing.T) {
 	for _, tc := range []struct {
 		name string
