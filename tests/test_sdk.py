@@ -405,6 +405,47 @@ def test_calls_complete_project_goes_direct_exactly_once(
     assert proc.stderr.count(WARNING) == 1, proc.stderr
 
 
+def assert_complete_exactly_once(
+    server: TraceServer, project_id: str, ids: list[str]
+) -> None:
+    """Each call reached the server once, as one completed call."""
+    assert_exactly_once(server, project_id, ids)
+    assert {c["id"] for c in server.calls(project_id)} == set(ids)
+    receipts = [r for r in server.receipts() if r["project_id"] == project_id]
+    assert sorted(r["call_id"] for r in receipts) == sorted(ids)
+    assert {r["mode"] for r in receipts} == {"complete"}
+
+
+def test_calls_complete_project_nested_ops_with_flush(
+    trace_server: TraceServer, project_id: str, env: dict[str, str]
+) -> None:
+    """A new user's report: nested and raising ops, then client.flush(), in a
+    project that requires calls-complete mode stored 75 of 100 calls."""
+    trace_server.faults.require_calls_complete(project_id)
+    out, proc = run_faults(env, "cc-nested", project_id)
+    assert len(out["ids"]) == 20 * 5
+    assert out["read_back"] == 100  # all stored when flush() returned
+    assert_complete_exactly_once(trace_server, project_id, out["ids"])
+    assert out["calls_complete"] is True
+    assert out["status"]["state"] == "open"
+    assert proc.stderr.count(WARNING) == 1, proc.stderr
+
+
+def test_calls_complete_project_short_script_without_flush(
+    trace_server: TraceServer, project_id: str, env: dict[str, str]
+) -> None:
+    """The same user's short script that just exits stored none of its calls:
+    the sidecar hands them back in the exit hook, where no processor may be
+    made, and they are sent as completed calls there."""
+    trace_server.faults.require_calls_complete(project_id)
+    out, proc = run_faults(env, "cc-exit", project_id)
+    assert len(out["ids"]) == 10
+    assert_complete_exactly_once(trace_server, project_id, out["ids"])
+    assert out["direct_processor"] is False
+    assert not via_sidecar(trace_server)
+    assert proc.stderr.count(WARNING) == 1, proc.stderr
+
+
 def test_unauthorized_sidecar_hands_back_exactly_once(
     trace_server: TraceServer, project_id: str, env: dict[str, str]
 ) -> None:

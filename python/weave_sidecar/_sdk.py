@@ -309,11 +309,18 @@ class SidecarCallProcessor:
             self._server._flush_calls_eager(unpaired)
 
     def drain_at_exit(self) -> None:
-        """Drain the processors made here, after the sidecar was closed (exit hook)."""
+        """Drain the direct path after the sidecar was closed (exit hook).
+
+        Retired processors first (the SDK's own one too: its atexit drain
+        would come after this hook), as what they hold goes on to the
+        calls-complete one; then the current one if it was made here.
+        """
         with self._inner_lock:
-            made = list(self._made)
-        # Retired ones first: their leftovers go to the calls-complete one.
-        for processor in sorted(made, key=lambda p: p is self._inner):
+            processors = list(self._retired)
+            inner = self._inner
+            if inner is not None and any(inner is p for p in self._made):
+                processors.append(inner)
+        for processor in processors:
             try:
                 processor.stop_accepting_new_work_and_flush_queue()
             except Exception:  # the interpreter's exit must go on

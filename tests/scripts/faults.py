@@ -7,6 +7,9 @@ Usage: faults.py MODE PROJECT_ID [OTHER_PROJECT_ID]
                  forked child does the same with its own sidecar
   calls-complete calls of PROJECT_ID and OTHER_PROJECT_ID (which the server
                  says needs calls-complete mode), interleaved
+  cc-nested      nested and raising ops spread over ~2 s, then client.flush()
+                 (PROJECT_ID needs calls-complete mode)
+  cc-exit        a few calls, then exit at once, no flush (same)
   unauthorized   calls before and after the server refuses the sidecar's key
   exit-401       calls, then exit at once: the server refuses the sidecar's
                  key while the exit hook flushes it
@@ -36,6 +39,47 @@ logging.basicConfig(format="%(process)d %(name)s %(levelname)s %(message)s")
 @weave.op
 def work(x: int) -> int:
     return x + 1
+
+
+# Every call id the nested workload made, children and failed calls included.
+nested_ids: list[str] = []
+
+
+@weave.op
+def add(a: int, b: int) -> int:
+    nested_ids.append(weave.require_current_call().id)
+    return a + b
+
+
+@weave.op
+def boom(x: int) -> int:
+    nested_ids.append(weave.require_current_call().id)
+    raise ValueError(f"boom {x}")
+
+
+@weave.op
+def outer(n: int) -> int:
+    nested_ids.append(weave.require_current_call().id)
+    total = 0
+    for i in range(n):
+        total = add(total, i)
+    return total
+
+
+def cc_nested(project: str, out: dict[str, Any]) -> None:
+    """The new user's workload: 20 x (outer with 3 adds, then a raising op)."""
+    client = weave.init(project)
+    for i in range(20):
+        outer(3)
+        try:
+            boom(i)
+        except ValueError:
+            pass
+        time.sleep(0.1)  # so the sidecar sends (and is refused) mid-run
+    client.flush()
+    out["ids"] = list(nested_ids)
+    # What the trace server holds once flush() has returned.
+    out["read_back"] = len({c.id for c in client.get_calls()} & set(nested_ids))
 
 
 def calls(n: int, ids: list[str]) -> None:
@@ -164,6 +208,11 @@ def main() -> None:
         refusals(project, out)
     elif mode == "calls-complete":
         calls_complete(project, sys.argv[3], out)
+    elif mode == "cc-nested":
+        cc_nested(project, out)
+    elif mode == "cc-exit":
+        weave.init(project)
+        calls(10, out["ids"])
     elif mode == "unauthorized":
         unauthorized(project, out)
     elif mode == "exit-401":
@@ -174,6 +223,7 @@ def main() -> None:
     p = processor()
     out["status"] = state()
     out["direct_processor"] = bool(getattr(p, "has_direct_processor", True))
+    out["calls_complete"] = bool(getattr(p, "calls_complete", False))
     print(json.dumps(out), flush=True)
 
 
