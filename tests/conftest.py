@@ -40,9 +40,11 @@ Fixtures
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
@@ -80,6 +82,14 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     # weave, once imported here (the trace server validates with it), must not
     # report to Sentry.
     monkeypatch.setenv("WANDB_ERROR_REPORTING", "false")
+
+
+@pytest.fixture
+def short_dir() -> Iterator[str]:
+    """A fresh private directory under /tmp: short enough for a socket path."""
+    d = tempfile.mkdtemp(prefix="wst-", dir="/tmp" if os.path.isdir("/tmp") else None)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture

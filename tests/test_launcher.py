@@ -5,10 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import stat
-import subprocess
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,13 +16,6 @@ from weave_sidecar._link import normalize_url
 from weave_sidecar._process import SidecarProcess, make_socket_dir
 
 pytestmark = pytest.mark.timeout(60)
-
-
-@pytest.fixture
-def short_dir() -> Iterator[str]:
-    d = tempfile.mkdtemp(prefix="wst-", dir="/tmp")
-    yield d
-    subprocess.run(["rm", "-rf", d], check=False)
 
 
 def _executable(path: Path) -> str:

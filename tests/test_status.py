@@ -9,9 +9,7 @@ import re
 import socket
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,13 +26,6 @@ PACKAGE_ROOT = str(Path(weave_sidecar.__file__).resolve().parents[1])
 def env() -> dict[str, str]:
     sidecar_bin()
     return {**os.environ, "PYTHONPATH": PACKAGE_ROOT}
-
-
-@pytest.fixture
-def short_dir() -> Iterator[str]:
-    d = tempfile.mkdtemp(prefix="wst-", dir="/tmp")
-    yield d
-    subprocess.run(["rm", "-rf", d], check=False)
 
 
 def _status(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:

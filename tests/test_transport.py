@@ -45,13 +45,6 @@ TRANSPORTS = [pytest.param("unix", marks=pytest.mark.unix_socket), "tcp"]
 
 
 @pytest.fixture
-def short_dir() -> Iterator[str]:
-    d = tempfile.mkdtemp(prefix="wtt-", dir="/tmp" if os.path.isdir("/tmp") else None)
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
-
-
-@pytest.fixture
 def tcp_env(weave_env: dict[str, str], short_dir: str) -> dict[str, str]:
     """test_sdk.py's environment with the TCP transport forced."""
     e = dict(weave_env)
