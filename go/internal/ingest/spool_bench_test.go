@@ -152,52 +152,5 @@ func benchSpool(b *testing.B, conns int) {
 // about one fsync, since each call finds the writer idle.
 func BenchmarkSpoolAckLatency(b *testing.B) {
 	path, _ := startSpoolBench(b)
-	c, err := net.Dial("unix", path)
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { c.Close() })
-	line := callLine(0, 1024)
-	const gap = 500 * time.Microsecond
-
-	sent := make(chan time.Time, 1<<16)
-	lat := make([]time.Duration, 0, 1<<16)
-	readerDone := make(chan struct{})
-	go func() {
-		defer close(readerDone)
-		r := bufio.NewReaderSize(c, 64<<10)
-		for t0 := range sent {
-			if _, err := r.ReadSlice('\n'); err != nil {
-				return
-			}
-			lat = append(lat, time.Since(t0))
-		}
-	}()
-
-	b.ReportAllocs()
-	next := time.Now()
-	for b.Loop() {
-		if d := time.Until(next); d > 0 {
-			time.Sleep(d)
-		}
-		now := time.Now()
-		if _, err := c.Write(line); err != nil {
-			b.Fatal(err)
-		}
-		sent <- now
-		next = next.Add(gap)
-		if now.Sub(next) > 40*gap {
-			next = now
-		}
-	}
-	close(sent)
-	<-readerDone
-	if len(lat) == 0 {
-		return
-	}
-	slices.Sort(lat)
-	pct := func(p float64) float64 { return float64(lat[int(p*float64(len(lat)-1))].Microseconds()) }
-	b.ReportMetric(pct(0.50), "p50-µs")
-	b.ReportMetric(pct(0.99), "p99-µs")
-	b.ReportMetric(pct(0.999), "p99.9-µs")
+	measureAckLatency(b, path, 500*time.Microsecond, false)
 }
