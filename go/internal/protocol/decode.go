@@ -353,21 +353,29 @@ func (d *decoder) object(depth int, member func(key []byte) error) error {
 		if err := member(key); err != nil {
 			return err
 		}
+		if done, err := d.afterElement('}'); done || err != nil {
+			return err
+		}
 		d.skipSpace()
-		if d.pos >= len(d.data) {
-			return d.fail("unexpected end")
-		}
-		switch d.data[d.pos] {
-		case ',':
-			d.pos++
-			d.skipSpace()
-		case '}':
-			d.pos++
-			return nil
-		default:
-			return d.fail("expected ',' or '}'")
-		}
 	}
+}
+
+// afterElement consumes what follows an object member or array element: a
+// ',' (more to come) or the closing byte (done).
+func (d *decoder) afterElement(closing byte) (done bool, err error) {
+	d.skipSpace()
+	if d.pos >= len(d.data) {
+		return false, d.fail("unexpected end")
+	}
+	switch d.data[d.pos] {
+	case ',':
+		d.pos++
+		return false, nil
+	case closing:
+		d.pos++
+		return true, nil
+	}
+	return false, d.fail("expected ',' or '" + string(closing) + "'")
 }
 
 // value parses any JSON value at d.pos (whitespace already skipped).
@@ -410,18 +418,8 @@ func (d *decoder) array(depth int) error {
 		if err := d.value(depth); err != nil {
 			return err
 		}
-		d.skipSpace()
-		if d.pos >= len(d.data) {
-			return d.fail("unexpected end")
-		}
-		switch d.data[d.pos] {
-		case ',':
-			d.pos++
-		case ']':
-			d.pos++
-			return nil
-		default:
-			return d.fail("expected ',' or ']'")
+		if done, err := d.afterElement(']'); done || err != nil {
+			return err
 		}
 	}
 }
