@@ -18,6 +18,13 @@ MAIN_GO = ROOT / "go" / "cmd" / "weave-sidecar" / "main.go"
 _OVERRIDE = os.environ.get("SIDECAR_TEST_BIN")
 
 
+def package_root() -> str:
+    """The directory holding the weave_sidecar package under test (for PYTHONPATH)."""
+    import weave_sidecar
+
+    return str(Path(weave_sidecar.__file__).resolve().parents[1])
+
+
 def sidecar_bin() -> str:
     """Path of a usable binary; builds it into the source tree when Go is here."""
     if _OVERRIDE:

@@ -14,15 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import weave_sidecar
-from sidecar_bin import sidecar_bin
+from sidecar_bin import package_root, sidecar_bin
 from weave_sidecar.testing import TraceServer
 
 pytestmark = pytest.mark.timeout(180)
 
 SCRIPTS = Path(__file__).resolve().parent / "scripts"
 WARNING = "weave-sidecar is not used"
-PACKAGE_ROOT = str(Path(weave_sidecar.__file__).resolve().parents[1])
+PACKAGE_ROOT = package_root()
 
 
 # Every test here runs over both transports: the Unix socket, and the

@@ -19,14 +19,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import weave_sidecar
-from sidecar_bin import sidecar_bin
+from sidecar_bin import package_root, sidecar_bin
 from weave_sidecar.testing import TraceServer
 
 pytestmark = pytest.mark.timeout(180)
 
 TRACED = Path(__file__).resolve().parent / "scripts" / "traced.py"
-PACKAGE_ROOT = str(Path(weave_sidecar.__file__).resolve().parents[1])
+PACKAGE_ROOT = package_root()
 
 
 @pytest.fixture

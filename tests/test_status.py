@@ -10,16 +10,14 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
-import weave_sidecar
-from sidecar_bin import sidecar_bin
+from sidecar_bin import package_root, sidecar_bin
 from weave_sidecar.testing import TraceServer
 
 pytestmark = pytest.mark.timeout(60)
 
-PACKAGE_ROOT = str(Path(weave_sidecar.__file__).resolve().parents[1])
+PACKAGE_ROOT = package_root()
 
 
 @pytest.fixture
